@@ -1,0 +1,215 @@
+//! ambit's traffic capture: two tc ingress (TCX) classifiers.
+//!
+//! * `pod_ingress` runs on the node-side veth of every local pod, so it sees
+//!   every packet a pod sends. It steers enrolled pods' new TCP connections to
+//!   ztunnel's outbound listener, and every packet that belongs to a socket of
+//!   ztunnel's to that socket.
+//! * `node_ingress` runs on the node's other interfaces (the underlay). It
+//!   steers packets addressed to a local pod that belong to a ztunnel socket
+//!   (replies to connections ztunnel opened with the pod's address as source).
+//!
+//! Steering is `bpf_sk_assign` plus a mark; the node routes marked packets to
+//! `local` so the assigned socket receives them. Nothing is rewritten. See
+//! ARCHITECTURE.md ("Capture") for the whole path.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_SHOT, bpf_sock,
+        bpf_sock_tuple,
+    },
+    helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
+    macros::{classifier, map},
+    maps::{HashMap, SockMap},
+    programs::TcContext,
+};
+use ambit_ebpf_common::{
+    CAPTURE_MARK, CAPTURE_MARK_MASK, LISTENER_OUTBOUND, LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo,
+};
+
+/// ztunnel's listening sockets, by `LISTENER_*` index. An entry disappears
+/// when its socket closes, which is what makes capture fail closed.
+#[map]
+static LISTENERS: SockMap = SockMap::pinned(LISTENER_SLOTS, 0);
+
+/// The node's local pods, keyed by IPv4 address as it appears on the wire.
+#[map]
+static PODS: HashMap<u32, PodInfo> = HashMap::pinned(MAX_LOCAL_PODS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// The fields of an IPv4 TCP segment that capture decides on. Addresses and
+/// ports stay in network byte order, as the socket lookup wants them.
+struct Segment {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+}
+
+impl Segment {
+    fn is_new_connection(&self) -> bool {
+        self.flags & TCP_FLAG_SYN != 0 && self.flags & TCP_FLAG_ACK == 0
+    }
+}
+
+/// What to do with a packet that matched nothing else.
+enum Verdict {
+    Pass,
+    Steered,
+    Drop,
+}
+
+impl Verdict {
+    fn action(self) -> i32 {
+        match self {
+            Verdict::Pass | Verdict::Steered => TC_ACT_OK as i32,
+            Verdict::Drop => TC_ACT_SHOT as i32,
+        }
+    }
+}
+
+#[classifier]
+pub fn pod_ingress(ctx: TcContext) -> i32 {
+    try_pod_ingress(&ctx).action()
+}
+
+fn try_pod_ingress(ctx: &TcContext) -> Verdict {
+    let Some(seg) = parse(ctx) else {
+        return Verdict::Pass;
+    };
+    if let Some(verdict) = steer_to_existing_socket(ctx, &seg) {
+        return verdict;
+    }
+    if !seg.is_new_connection() {
+        return Verdict::Pass;
+    }
+    // SAFETY: the map value is a plain `PodInfo` that is only read here.
+    let enrolled = unsafe { PODS.get(&seg.saddr) }.is_some_and(PodInfo::enrolled);
+    if !enrolled {
+        return Verdict::Pass;
+    }
+    steer_to_listener(ctx, LISTENER_OUTBOUND)
+}
+
+#[classifier]
+pub fn node_ingress(ctx: TcContext) -> i32 {
+    try_node_ingress(&ctx).action()
+}
+
+fn try_node_ingress(ctx: &TcContext) -> Verdict {
+    let Some(seg) = parse(ctx) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as above, a read of a plain value.
+    if unsafe { PODS.get(&seg.daddr) }.is_none() {
+        return Verdict::Pass;
+    }
+    steer_to_existing_socket(ctx, &seg).unwrap_or(Verdict::Pass)
+}
+
+fn parse(ctx: &TcContext) -> Option<Segment> {
+    if ctx.skb.protocol() != u32::from(ETH_P_IP.to_be()) {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    if version_ihl >> 4 != 4 || ctx.load::<u8>(ETH_HLEN + 9).ok()? != IPPROTO_TCP {
+        return None;
+    }
+    // Only the first fragment carries the TCP header.
+    let frag_off: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    if u16::from_be(frag_off) & 0x1fff != 0 {
+        return None;
+    }
+    let l4 = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
+    Some(Segment {
+        saddr: ctx.load(ETH_HLEN + 12).ok()?,
+        daddr: ctx.load(ETH_HLEN + 16).ok()?,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + 2).ok()?,
+        flags: ctx.load(l4 + 13).ok()?,
+    })
+}
+
+/// Packets of a connection that a ztunnel socket already owns (its accepted
+/// side, or its own transparent connection to a pod) go to that socket.
+/// Listening and TIME_WAIT sockets do not count: a SYN that merely matches
+/// one is a new connection.
+fn steer_to_existing_socket(ctx: &TcContext, seg: &Segment) -> Option<Verdict> {
+    // SAFETY: an all-zero tuple is valid; the ipv4 arm is filled in next.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = seg.saddr;
+    tuple.__bindgen_anon_1.ipv4.daddr = seg.daddr;
+    tuple.__bindgen_anon_1.ipv4.sport = seg.sport;
+    tuple.__bindgen_anon_1.ipv4.dport = seg.dport;
+    // SAFETY: the context and tuple pointers are valid for the call; the size
+    // is that of the ipv4 arm, as the helper requires.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            core::mem::size_of_val(&tuple.__bindgen_anon_1.ipv4) as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is a non-null socket reference from the lookup; `state` is
+    // readable on every socket kind it returns.
+    let state = unsafe { (*sk).state };
+    if state == BPF_TCP_LISTEN || state == BPF_TCP_TIME_WAIT {
+        // SAFETY: releases the reference the lookup took.
+        unsafe { bpf_sk_release(sk.cast()) };
+        return None;
+    }
+    Some(assign(ctx, sk))
+}
+
+/// Hands a new connection to one of ztunnel's listeners. With no listener
+/// (ztunnel is down) the SYN is dropped: the client retransmits, and the
+/// connection proceeds once ztunnel is back. It never leaves unproxied.
+fn steer_to_listener(ctx: &TcContext, slot: u32) -> Verdict {
+    let map = core::ptr::from_ref(&LISTENERS).cast_mut().cast();
+    // SAFETY: `map` is this program's sockmap and `slot` lives on the stack
+    // for the call. A sockmap lookup returns a referenced socket or null.
+    let sk = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(&slot).cast()) };
+    if sk.is_null() {
+        return Verdict::Drop;
+    }
+    assign(ctx, sk.cast())
+}
+
+/// Assigns the packet to `sk`, releases the reference and marks the packet
+/// for local delivery. A failed assignment drops: letting the packet through
+/// would let it bypass the mesh.
+fn assign(ctx: &TcContext, sk: *mut bpf_sock) -> Verdict {
+    // SAFETY: `sk` is a referenced socket; it is released exactly once here.
+    let ret = unsafe { bpf_sk_assign(ctx.as_ptr(), sk.cast(), 0) };
+    unsafe { bpf_sk_release(sk.cast()) };
+    if ret != 0 {
+        return Verdict::Drop;
+    }
+    // SAFETY: `skb` points at this program's context.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.skb.set_mark((mark & !CAPTURE_MARK_MASK) | CAPTURE_MARK);
+    Verdict::Steered
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,135 @@
+//! A validated config plus the indexes the data path looks things up in.
+//! Built once per config version; lookups never allocate.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use rand::Rng as _;
+
+use super::validate::validate;
+use super::{ConfigError, MeshConfig, Namespace, Service, ServicePort, Workload, enrolled};
+
+/// An immutable, validated config with its indexes.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    config: MeshConfig,
+    workload_by_ip: HashMap<IpAddr, usize>,
+    namespace_by_name: HashMap<String, usize>,
+    service_by_vip: HashMap<IpAddr, usize>,
+    /// Per service (same order as `config.services`), its endpoints' indexes.
+    endpoints: Vec<Vec<usize>>,
+}
+
+/// Where a connection to a service VIP and port should go.
+#[derive(Clone, Debug)]
+pub struct ServiceTarget<'a> {
+    pub service: &'a Service,
+    pub port: &'a ServicePort,
+    pub endpoints: Vec<&'a Workload>,
+}
+
+impl Snapshot {
+    pub fn new(config: MeshConfig) -> Result<Self, ConfigError> {
+        validate(&config)?;
+        let workload_by_ip = config
+            .workloads
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| w.ips.iter().map(move |ip| (*ip, i)))
+            .collect();
+        let namespace_by_name =
+            config.namespaces.iter().enumerate().map(|(i, ns)| (ns.name.clone(), i)).collect();
+        let service_by_vip = config
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.vips.iter().map(move |vip| (*vip, i)))
+            .collect();
+        let endpoints = config.services.iter().map(|s| select_endpoints(&config, s)).collect();
+        Ok(Self { config, workload_by_ip, namespace_by_name, service_by_vip, endpoints })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::new(MeshConfig::from_yaml(text)?)
+    }
+
+    pub fn config(&self) -> &MeshConfig {
+        &self.config
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Workload> {
+        self.workload_by_ip.get(&ip).map(|&i| &self.config.workloads[i])
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespace_by_name.get(name).map(|&i| &self.config.namespaces[i])
+    }
+
+    pub fn is_enrolled(&self, workload: &Workload) -> bool {
+        enrolled(workload, self.namespace(&workload.namespace))
+    }
+
+    /// Workloads scheduled on `node`.
+    pub fn node_workloads<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.config.workloads.iter().filter(move |w| w.node == node)
+    }
+
+    /// Whether `ip` is some service's virtual IP, whatever the port.
+    pub fn is_vip(&self, ip: IpAddr) -> bool {
+        self.service_by_vip.contains_key(&ip)
+    }
+
+    /// The service behind `vip:port`, or `None` if `vip` is not a service
+    /// VIP or the service does not expose `port`.
+    pub fn service_target(&self, vip: IpAddr, port: u16) -> Option<ServiceTarget<'_>> {
+        let &index = self.service_by_vip.get(&vip)?;
+        let service = &self.config.services[index];
+        let port = service.ports.iter().find(|p| p.port == port)?;
+        let endpoints = self.endpoints[index].iter().map(|&i| &self.config.workloads[i]).collect();
+        Some(ServiceTarget { service, port, endpoints })
+    }
+}
+
+impl ServiceTarget<'_> {
+    /// Picks an endpoint uniformly at random, as Istio's ztunnel does for L4
+    /// load balancing. Only endpoints with an address of the VIP's family count.
+    pub fn pick_endpoint(&self, vip: IpAddr) -> Option<SocketAddr> {
+        let candidates: Vec<IpAddr> = self
+            .endpoints
+            .iter()
+            .filter_map(|w| w.ips.iter().find(|ip| ip.is_ipv4() == vip.is_ipv4()).copied())
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let ip = candidates[rand::rng().random_range(0..candidates.len())];
+        Some(SocketAddr::new(ip, self.port.target()))
+    }
+}
+
+/// A service's endpoints: the workloads it names, then those its selector
+/// matches in its own namespace, without repeats.
+fn select_endpoints(config: &MeshConfig, service: &Service) -> Vec<usize> {
+    let named = config
+        .workloads
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| service.endpoints.contains(&w.uid))
+        .map(|(i, _)| i);
+    let selected = config
+        .workloads
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| {
+            w.namespace == service.namespace
+                // An empty selector selects nothing, as in Kubernetes.
+                && service.selector.as_ref().is_some_and(|sel| {
+                    !sel.is_empty() && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                })
+        })
+        .map(|(i, _)| i);
+    let mut all: Vec<usize> = named.chain(selected).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}

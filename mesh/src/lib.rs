@@ -1,0 +1,13 @@
+//! ambit's shared library: the vocabulary that ztunnel, the waypoint and the
+//! controller all speak. No eBPF and no Kubernetes client live here.
+//!
+//! * [`config`]: the mesh config model (workloads, services, namespaces), its
+//!   YAML form, validation and lookup index.
+//! * [`drain`]: the one shutdown primitive every listener and task uses.
+//! * [`http_server`]: the small HTTP/1 server behind readiness, admin and
+//!   metrics endpoints.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod drain;
+pub mod http_server;

@@ -1,0 +1,100 @@
+//! The static config source: a YAML file of the mesh config model, watched
+//! for changes. A bad file never replaces a good config: the error is
+//! logged, counted, and the last good version stays in force.
+
+use std::path::{Path, PathBuf};
+
+use mesh::config::{ConfigError, Snapshot};
+use mesh::drain::Drain;
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::metrics::CONFIG_UPDATES;
+use crate::state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Invalid { path: PathBuf, source: ConfigError },
+    #[error("cannot watch config file {path}: {source}")]
+    Watch { path: PathBuf, source: notify::Error },
+}
+
+/// A file's contents and the snapshot they make.
+#[derive(Debug)]
+pub struct Loaded {
+    pub text: String,
+    pub snapshot: Snapshot,
+}
+
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    let snapshot = Snapshot::from_yaml(&text)
+        .map_err(|source| LoadError::Invalid { path: path.to_owned(), source })?;
+    Ok(Loaded { text, snapshot })
+}
+
+/// Watches the file's directory, not the file: editors and Kubernetes
+/// ConfigMap volumes replace files by renaming, which a watch on the old
+/// inode would miss. Unchanged contents are ignored.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    path: PathBuf,
+    last_text: String,
+    events: mpsc::Receiver<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl ConfigWatcher {
+    pub fn new(path: &Path, loaded_text: String) -> Result<Self, LoadError> {
+        let watch_error = |source| LoadError::Watch { path: path.to_owned(), source };
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        // Capacity one: events arriving while a reload is pending coalesce.
+        let (tx, events) = mpsc::channel(1);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(watch_error)?;
+        watcher.watch(dir, RecursiveMode::NonRecursive).map_err(watch_error)?;
+        Ok(Self { path: path.to_owned(), last_text: loaded_text, events, _watcher: watcher })
+    }
+
+    pub async fn run(mut self, state: State, drain: Drain) {
+        loop {
+            tokio::select! {
+                () = drain.signaled() => break,
+                event = self.events.recv() => if event.is_none() { break },
+            }
+            self.reload(&state);
+        }
+    }
+
+    fn reload(&mut self, state: &State) {
+        match load(&self.path) {
+            Ok(loaded) if loaded.text == self.last_text => {}
+            Ok(loaded) => {
+                let config = loaded.snapshot.config();
+                let (workloads, services) = (config.workloads.len(), config.services.len());
+                let version = state.apply(loaded.snapshot);
+                self.last_text = loaded.text;
+                metrics::counter!(CONFIG_UPDATES, "result" => "applied").increment(1);
+                info!(version, workloads, services, "config applied");
+            }
+            // Mid-rename the file can be briefly absent; the next event reloads.
+            Err(LoadError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+                warn!(path = %path.display(), "config file missing; keeping the last good config");
+            }
+            Err(error) => {
+                metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);
+                let version = state.current().version;
+                error!(%error, kept_version = version, "config rejected; keeping the last good config");
+            }
+        }
+    }
+}

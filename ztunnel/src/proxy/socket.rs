@@ -1,0 +1,67 @@
+//! Socket set-up that needs options tokio does not expose.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Pending connections the kernel may queue per listener. Bursts of new
+/// connections (1,000 at once in the tests) must not overflow it.
+const BACKLOG: i32 = 4096;
+
+/// A listener with `IP_TRANSPARENT`, which capture needs: the accepted
+/// sockets carry the client's original destination as their local address,
+/// and the kernel must route their replies although that address is not ours.
+pub(super) fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    set_transparent(&socket, addr.ip())?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects to `dst`, from `source` if given (an address that need not be
+/// ours: the client pod's, so the destination sees the real client).
+pub(super) async fn connect(
+    dst: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, super::ProxyError> {
+    let socket = upstream_socket(dst, source).map_err(super::ProxyError::Socket)?;
+    match tokio::time::timeout(timeout, socket.connect(dst)).await {
+        Ok(Ok(stream)) => {
+            // Interactive protocols ride on these; never delay small writes.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(source)) => Err(super::ProxyError::Connect { addr: dst, source }),
+        Err(_) => Err(super::ProxyError::ConnectTimeout { addr: dst }),
+    }
+}
+
+fn upstream_socket(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSocket> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if let Some(source) = source {
+        set_transparent(&socket, source)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+    }
+    Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+fn set_transparent(socket: &Socket, family_of: IpAddr) -> io::Result<()> {
+    match family_of {
+        IpAddr::V4(_) => socket.set_ip_transparent_v4(true),
+        IpAddr::V6(_) => socket.set_ip_transparent_v6(true),
+    }
+}
+
+/// Makes the next close send RST instead of FIN, so a refused client sees
+/// "connection reset" rather than an empty, successful-looking stream.
+pub(super) fn reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
