@@ -1,1 +1,27 @@
+//! ambit's test bed: a Kubernetes-like cluster built from Linux network
+//! namespaces, with ztunnel running as a process per node, sample apps in
+//! the pods, and helpers to watch what the agents do. The demo, the
+//! end-to-end tests and the benchmarks all stand on it.
+//!
+//! Needs root (namespaces, veths, eBPF). Nothing it does touches the root
+//! namespace's routing or firewall, and everything it creates is removed
+//! when the owning value drops, even if a test panics.
+#![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod http;
+pub mod netns;
+pub mod sample;
+pub mod topology;
+pub mod ztunnel;
+
+/// Fails (never skips) when the process cannot create namespaces and load
+/// eBPF, with a message that says why and what to do.
+pub fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!(
+            "end-to-end tests need root (network namespaces, veths, eBPF); \
+             run them with `cargo xtask test` as root"
+        );
+    }
+}

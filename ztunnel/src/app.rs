@@ -84,6 +84,7 @@ async fn sync_capture(
     drain: Drain,
 ) {
     let mut updates = state.subscribe();
+    let mut synced_version = state.current().version;
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -98,8 +99,17 @@ async fn sync_capture(
                 metrics::gauge!(crate::metrics::CAPTURED_PODS).set(enrolled as f64);
                 ctx.set_local_addresses(capture.local_addresses().clone());
                 if let Ok(mut s) = status.write() {
+                    if !s.same_capture(&new_status) || synced_version != current.version {
+                        info!(
+                            version = current.version,
+                            enrolled,
+                            interfaces = new_status.interfaces.len(),
+                            "capture updated"
+                        );
+                    }
                     *s = new_status;
                 }
+                synced_version = current.version;
             }
             Err(error) => warn!(%error, version = current.version, "capture sync failed; will retry"),
         }

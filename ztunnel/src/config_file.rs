@@ -44,6 +44,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 #[derive(Debug)]
 pub struct ConfigWatcher {
     path: PathBuf,
+    /// The contents last acted on, good or bad.
     last_text: String,
     events: mpsc::Receiver<()>,
     _watcher: notify::RecommendedWatcher,
@@ -76,25 +77,41 @@ impl ConfigWatcher {
     }
 
     fn reload(&mut self, state: &State) {
-        match load(&self.path) {
-            Ok(loaded) if loaded.text == self.last_text => {}
-            Ok(loaded) => {
-                let config = loaded.snapshot.config();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            // Mid-rename the file can be briefly absent; the next event reloads.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                warn!(path = %self.path.display(), "config file missing; keeping the last good config");
+                return;
+            }
+            Err(source) => {
+                let error = LoadError::Read { path: self.path.clone(), source };
+                return self.reject(state, &error);
+            }
+        };
+        // One change fires several events; report each new content once.
+        if text == self.last_text {
+            return;
+        }
+        match Snapshot::from_yaml(&text) {
+            Ok(snapshot) => {
+                let config = snapshot.config();
                 let (workloads, services) = (config.workloads.len(), config.services.len());
-                let version = state.apply(loaded.snapshot);
-                self.last_text = loaded.text;
+                let version = state.apply(snapshot);
                 metrics::counter!(CONFIG_UPDATES, "result" => "applied").increment(1);
                 info!(version, workloads, services, "config applied");
             }
-            // Mid-rename the file can be briefly absent; the next event reloads.
-            Err(LoadError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
-                warn!(path = %path.display(), "config file missing; keeping the last good config");
-            }
-            Err(error) => {
-                metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);
-                let version = state.current().version;
-                error!(%error, kept_version = version, "config rejected; keeping the last good config");
+            Err(source) => {
+                let error = LoadError::Invalid { path: self.path.clone(), source };
+                self.reject(state, &error);
             }
         }
+        self.last_text = text;
+    }
+
+    fn reject(&self, state: &State, error: &LoadError) {
+        metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);
+        let version = state.current().version;
+        error!(%error, kept_version = version, "config rejected; keeping the last good config");
     }
 }

@@ -51,14 +51,21 @@ pub struct CaptureStatus {
     pub pods_without_route: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+impl CaptureStatus {
+    /// Whether two statuses program the kernel the same way.
+    pub fn same_capture(&self, other: &Self) -> bool {
+        self.interfaces == other.interfaces && self.pods == other.pods
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InterfaceStatus {
     pub name: String,
     pub index: u32,
     pub program: &'static str,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodStatus {
     pub workload: String,
     pub ip: Ipv4Addr,

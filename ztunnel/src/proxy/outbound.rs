@@ -94,6 +94,9 @@ async fn handle(ctx: Arc<ProxyContext>, downstream: TcpStream, peer: SocketAddr)
         };
         let (sent, received) = *result.as_ref().unwrap_or(&(0, 0));
         metrics.record_bytes(sent, received);
+        // Close the books before logging: whoever reads the access line can
+        // rely on the connection no longer counting as open.
+        drop(metrics);
         access_log(peer, orig_dst, &route, sent, received, started, result.err());
     }
     .instrument(span)

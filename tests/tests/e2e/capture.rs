@@ -1,0 +1,96 @@
+//! Capture and forwarding: who reaches whom, through ztunnel or not.
+
+use std::net::IpAddr;
+
+use ambit_tests::require_root;
+use ambit_tests::sample::exchange;
+use ambit_tests::topology::{APP_PORT, Standard};
+
+use crate::support::{MIB, access_log, logged_source, opened};
+
+/// Test 1: an enrolled pod moves 64 MiB each way to a pod on the other node
+/// and to one on its own node. The bytes arrive intact, the destination sees
+/// the client pod's own IP, and ztunnel logs the original destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_pod_reaches_pods_on_both_nodes_with_its_own_ip() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    for dst in ["n2-a", "n1-b"] {
+        let dst_pod = bed.cluster.pod(dst);
+        let done = exchange(&client.netns, &client.name, dst_pod.addr(APP_PORT), 64 * MIB, 64 * MIB).await.unwrap();
+        assert_eq!(done.hello.server, dst);
+        assert_eq!(done.hello.peer.ip(), IpAddr::V4(client.ip), "{dst} must see the client pod's IP");
+        let log = access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &dst_pod.addr(APP_PORT).to_string()).await;
+        assert_eq!(log["dst.workload"], format!("mesh/{dst}"));
+        assert_eq!(log["src.workload"], "mesh/n1-a");
+        assert_eq!(log["error"], "");
+        assert!(log["bytes_sent"].as_u64().unwrap() >= 64 * MIB, "{log}");
+        assert!(log["bytes_recv"].as_u64().unwrap() >= 64 * MIB, "{log}");
+    }
+}
+
+/// Test 3: an enrolled pod reaches a destination outside the cluster. It
+/// leaves from the node's address, as masquerading would make it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_pod_reaches_outside() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let client = bed.cluster.pod("n1-b");
+    let done = exchange(&client.netns, &client.name, bed.outside_addr(), MIB, MIB).await.unwrap();
+    assert_eq!(done.hello.server, "outside");
+    assert_eq!(done.hello.peer.ip(), IpAddr::V4(bed.cluster.nodes[0].ip));
+    let log = access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &bed.outside_addr().to_string()).await;
+    assert_eq!(log["dst.workload"], "-");
+}
+
+/// Test 4: a pod outside the mesh reaches every kind of destination
+/// directly; neither agent accepts, let alone logs, its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_enrolled_pod_is_untouched() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let client = bed.cluster.pod("n1-plain");
+    let before = [opened(&bed.cluster, 0).await, opened(&bed.cluster, 1).await];
+    let destinations = [
+        ("n2-a", bed.cluster.pod("n2-a").addr(APP_PORT)),
+        ("n1-b", bed.cluster.pod("n1-b").addr(APP_PORT)),
+        ("service", Standard::service_addr()),
+        ("outside", bed.outside_addr()),
+    ];
+    for (name, addr) in destinations {
+        let done = exchange(&client.netns, &client.name, addr, MIB, MIB).await.unwrap();
+        assert_eq!(done.hello.peer.ip(), IpAddr::V4(client.ip), "{name} must see the pod's own IP");
+    }
+    // Capture hands a connection to ztunnel at its first packet, so a
+    // captured connection would be counted before its exchange finished.
+    let after = [opened(&bed.cluster, 0).await, opened(&bed.cluster, 1).await];
+    assert_eq!(before, after, "a non-enrolled pod's connections reached ztunnel");
+    for node in 0..2 {
+        assert!(!logged_source(&bed.cluster, node, IpAddr::V4(client.ip)));
+    }
+}
+
+/// A captured connection aimed at one of ztunnel's own ports is refused
+/// (forwarding it would loop into the agent). The same port is reachable
+/// for a pod outside the mesh, which is not captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_connection_to_ztunnel_port_is_refused() {
+    use tokio::io::AsyncReadExt as _;
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let node_ip = bed.cluster.nodes[0].ip;
+    let readiness = std::net::SocketAddr::from((node_ip, 15021));
+    let client = bed.cluster.pod("n1-a");
+    let mut stream = client.netns.connect(readiness).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = stream.read(&mut buf).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "expected reset, got {read:?}");
+    let log = access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &readiness.to_string()).await;
+    assert_eq!(log["response_flags"], "NR", "{log}");
+    assert!(log["error"].as_str().unwrap().contains("own ports"), "{log}");
+
+    let plain = bed.cluster.pod("n1-plain");
+    let (status, _) = ambit_tests::http::get(&plain.netns, readiness, "/healthz/ready").await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,61 @@
+//! Test 6 and drain: the agent going away never opens a bypass.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ambit_tests::require_root;
+use ambit_tests::sample::{echo_connect, echo_roundtrip, exchange_on};
+use ambit_tests::topology::{APP_PORT, Standard};
+
+use crate::support::{WAIT, access_log};
+
+/// While ztunnel is stopped an enrolled pod's new connection does not reach
+/// its destination; once ztunnel is back, a connection attempt made during
+/// the outage completes (the client's SYN retransmission gets through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_fails_closed_and_recovers() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    let status = bed.cluster.stop_ztunnel(0).await.unwrap();
+    assert!(status.success(), "ztunnel exited with {status}");
+
+    let client = bed.cluster.pod("n1-a");
+    let dst = bed.cluster.pod("n2-a").addr(APP_PORT);
+    let seen_before = bed.server("n2-a").seen().len();
+    let attempt = tokio::time::timeout(Duration::from_secs(3), client.netns.connect(dst)).await;
+    assert!(!matches!(attempt, Ok(Ok(_))), "connected while ztunnel was down: {attempt:?}");
+    assert_eq!(bed.server("n2-a").seen().len(), seen_before, "the server saw a bypassing connection");
+
+    // Attempt again, then bring ztunnel back while the SYN is being retried.
+    let socket = client.netns.socket(dst).unwrap();
+    let pending = tokio::spawn(tokio::time::timeout(Duration::from_secs(60), socket.connect(dst)));
+    bed.cluster.start_ztunnel(0).await.unwrap();
+    let stream = pending.await.unwrap().expect("connect timed out").expect("connect failed");
+    let client = bed.cluster.pod("n1-a");
+    let done = exchange_on(stream, &client.name, 4096, 4096).await.unwrap();
+    assert_eq!(done.hello.peer.ip(), IpAddr::V4(client.ip));
+    access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &dst.to_string()).await;
+}
+
+/// On SIGTERM the agent stops accepting but lets established connections
+/// finish within the grace period, then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_established_connections() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    let dst = bed.cluster.pod("n2-b").addr(APP_PORT);
+    let (_, mut conn) = echo_connect(&client.netns, &client.name, dst).await.unwrap();
+    echo_roundtrip(&mut conn, b"before").await.unwrap();
+
+    bed.cluster.ztunnel(0).terminate().unwrap();
+    bed.cluster
+        .ztunnel(0)
+        .wait_for_log("draining", WAIT, |r| r["message"] == "draining")
+        .await
+        .unwrap();
+    echo_roundtrip(&mut conn, b"during drain").await.unwrap();
+    drop(conn);
+    let ztunnel = bed.cluster.ztunnel(0);
+    ztunnel.wait_for_log("drained", WAIT, |r| r["message"] == "drained").await.unwrap();
+}

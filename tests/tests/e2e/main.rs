@@ -1,0 +1,11 @@
+//! End-to-end tests: real namespaces, real eBPF, real ztunnel processes.
+//! One binary (each file under tests/ would link its own), one module per
+//! area. Every test builds its own cluster, so they run in parallel.
+
+mod capture;
+mod config;
+mod enrollment;
+mod fail_closed;
+mod scale;
+mod services;
+mod support;

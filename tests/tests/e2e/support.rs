@@ -1,0 +1,60 @@
+//! Small helpers the e2e tests share.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ambit_tests::cluster::Cluster;
+use ambit_tests::http;
+use serde_json::Value;
+
+pub const MIB: u64 = 1024 * 1024;
+/// Long enough for a slow, loaded CI machine; short enough to fail fast.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Scrapes node `node`'s agent metrics.
+pub async fn metrics(cluster: &Cluster, node: usize) -> String {
+    let netns = &cluster.nodes[node].netns;
+    let (status, body) = http::get(netns, "127.0.0.1:15020".parse().unwrap(), "/metrics").await.unwrap();
+    assert_eq!(status, 200, "metrics endpoint: {body}");
+    body
+}
+
+/// Connections node `node`'s agent has accepted so far.
+pub async fn opened(cluster: &Cluster, node: usize) -> f64 {
+    http::metric_sum(&metrics(cluster, node).await, "istio_tcp_connections_opened_total", &[])
+}
+
+/// Waits until node `node`'s agent has applied config `version` to capture.
+pub async fn wait_capture_version(cluster: &Cluster, node: usize, version: u64) -> Value {
+    cluster
+        .ztunnel(node)
+        .wait_for_log(&format!("capture updated to version {version}"), WAIT, |r| {
+            r["message"] == "capture updated" && r["version"].as_u64() >= Some(version)
+        })
+        .await
+        .unwrap()
+}
+
+/// The access-log record for a connection from `src` to `dst`, waiting for it.
+pub async fn access_log(cluster: &Cluster, node: usize, src: IpAddr, dst: &str) -> Value {
+    let src_prefix = format!("{src}:");
+    cluster
+        .ztunnel(node)
+        .wait_for_log(&format!("access log {src} → {dst}"), WAIT, |r| {
+            r["target"] == "access"
+                && r["src.addr"].as_str().is_some_and(|s| s.starts_with(&src_prefix))
+                && r["dst.addr"] == dst
+        })
+        .await
+        .unwrap()
+}
+
+/// Whether any access-log line of node `node`'s agent has source `src`.
+pub fn logged_source(cluster: &Cluster, node: usize, src: IpAddr) -> bool {
+    let src_prefix = format!("{src}:");
+    cluster
+        .ztunnel(node)
+        .access_logs()
+        .iter()
+        .any(|r| r["src.addr"].as_str().is_some_and(|s| s.starts_with(&src_prefix)))
+}
