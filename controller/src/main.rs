@@ -8,7 +8,10 @@
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "ambit's control plane: watches Kubernetes, signs workload certificates and streams config to every ztunnel and waypoint")]
+#[command(
+    version,
+    about = "ambit's control plane: watches Kubernetes, signs workload certificates and streams config to every ztunnel and waypoint"
+)]
 struct Args {}
 
 fn main() -> anyhow::Result<()> {

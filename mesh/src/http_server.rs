@@ -78,8 +78,7 @@ impl HttpServer {
                     let response = handler(req);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 // Keep-alive connections would otherwise hold the drain open.
                 let result = tokio::select! {
@@ -101,9 +100,7 @@ impl HttpServer {
 pub fn text(status: http::StatusCode, body: impl Into<Bytes>) -> Response {
     let mut response = hyper::Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     response
 }
 
@@ -112,10 +109,9 @@ pub fn json(value: &impl serde::Serialize) -> Response {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             response
         }
         Err(e) => text(http::StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode: {e}\n")),

@@ -203,7 +203,15 @@ impl Cluster {
     }
 
     /// Adds a ClusterIP service and programs every node's kube-proxy table.
-    pub fn add_service(&mut self, name: &str, namespace: &str, vip: Ipv4Addr, port: u16, target_port: u16, selector: Labels) -> anyhow::Result<()> {
+    pub fn add_service(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        vip: Ipv4Addr,
+        port: u16,
+        target_port: u16,
+        selector: Labels,
+    ) -> anyhow::Result<()> {
         self.config.services.push(Service {
             name: name.into(),
             namespace: namespace.into(),
@@ -287,6 +295,19 @@ impl Cluster {
         ztunnel.stop().await
     }
 
+    /// Scrapes node `node`'s agent metrics (Prometheus text).
+    pub async fn metrics(&self, node: usize) -> anyhow::Result<String> {
+        let (status, body) = crate::http::get(&self.nodes[node].netns, "127.0.0.1:15020".parse()?, "/metrics").await?;
+        anyhow::ensure!(status == 200, "metrics endpoint answered {status}: {body}");
+        Ok(body)
+    }
+
+    /// Connections node `node`'s agent has accepted so far. Capture hands a
+    /// connection over at its first packet, so this tells captured from direct.
+    pub async fn opened(&self, node: usize) -> anyhow::Result<f64> {
+        Ok(crate::http::metric_sum(&self.metrics(node).await?, "istio_tcp_connections_opened_total", &[]))
+    }
+
     pub fn ztunnel(&self, node: usize) -> &Ztunnel {
         self.ztunnels[node].as_ref().unwrap_or_else(|| panic!("ztunnel on node {node} is not running"))
     }
@@ -312,8 +333,12 @@ fn kube_proxy_rules(snapshot: &Snapshot) -> String {
         for vip in &service.vips {
             for port in &service.ports {
                 let Some(target) = snapshot.service_target(*vip, port.port) else { continue };
-                let endpoints: Vec<String> =
-                    target.endpoints.iter().filter_map(|w| w.ips.first()).map(|ip| format!("{ip} . {}", port.target())).collect();
+                let endpoints: Vec<String> = target
+                    .endpoints
+                    .iter()
+                    .filter_map(|w| w.ips.first())
+                    .map(|ip| format!("{ip} . {}", port.target()))
+                    .collect();
                 if endpoints.is_empty() {
                     continue;
                 }

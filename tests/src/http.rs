@@ -34,8 +34,8 @@ pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 
                 Some((n, rest)) => (n, rest.trim_end_matches('}')),
                 None => (series, ""),
             };
-            let wanted = series_name == name
-                && labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
+            let wanted =
+                series_name == name && labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
             wanted.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()

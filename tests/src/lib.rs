@@ -7,6 +7,7 @@
 //! namespace's routing or firewall, and everything it creates is removed
 //! when the owning value drops, even if a test panics.
 #![forbid(unsafe_code)]
+#![allow(clippy::panic, reason = "test-bed helpers fail the calling test loudly")]
 
 pub mod cluster;
 pub mod http;

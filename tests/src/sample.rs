@@ -135,7 +135,13 @@ pub struct Exchange {
 
 /// Connects from `netns` to `dst` and runs one bulk exchange, verifying
 /// both directions' bytes and both half-closes. Errors say which check failed.
-pub async fn exchange(netns: &Netns, client: &str, dst: SocketAddr, upload: u64, download: u64) -> anyhow::Result<Exchange> {
+pub async fn exchange(
+    netns: &Netns,
+    client: &str,
+    dst: SocketAddr,
+    upload: u64,
+    download: u64,
+) -> anyhow::Result<Exchange> {
     let stream = netns.connect(dst).await.with_context(|| format!("connect {client} → {dst}"))?;
     exchange_on(stream, client, upload, download).await.with_context(|| format!("exchange {client} → {dst}"))
 }
@@ -154,8 +160,7 @@ pub async fn exchange_on(stream: TcpStream, client: &str, upload: u64, download:
     };
     let receiving = async {
         let got = hash_exactly(&mut read, download).await.context("reading download")?;
-        let trailer: Trailer =
-            serde_json::from_str(&read_line(&mut read).await.context("reading trailer")?)?;
+        let trailer: Trailer = serde_json::from_str(&read_line(&mut read).await.context("reading trailer")?)?;
         let mut rest = Vec::new();
         read.read_to_end(&mut rest).await?;
         ensure!(rest.is_empty(), "{} unexpected bytes after the trailer", rest.len());
@@ -169,7 +174,11 @@ pub async fn exchange_on(stream: TcpStream, client: &str, upload: u64, download:
 }
 
 /// Opens an echo connection and returns the server's greeting with the stream.
-pub async fn echo_connect(netns: &Netns, client: &str, dst: SocketAddr) -> anyhow::Result<(Hello, BufReader<TcpStream>)> {
+pub async fn echo_connect(
+    netns: &Netns,
+    client: &str,
+    dst: SocketAddr,
+) -> anyhow::Result<(Hello, BufReader<TcpStream>)> {
     let stream = netns.connect(dst).await.with_context(|| format!("connect {client} → {dst}"))?;
     echo_on(stream, client).await
 }
@@ -211,7 +220,11 @@ impl Generator {
     }
 }
 
-async fn send_generated(write: &mut (impl tokio::io::AsyncWrite + Unpin), len: u64, seed: u64) -> anyhow::Result<String> {
+async fn send_generated(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    len: u64,
+    seed: u64,
+) -> anyhow::Result<String> {
     let mut generator = Generator(seed);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];

@@ -117,7 +117,12 @@ impl Ztunnel {
     }
 
     /// Waits until a log record satisfies `matches`, or fails with the log.
-    pub async fn wait_for_log(&self, what: &str, timeout: Duration, matches: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub async fn wait_for_log(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let mut count = self.logs.count.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -128,7 +133,11 @@ impl Ztunnel {
                 bail!("ztunnel on {} exited before logging {what}; log:\n{}", self.node, self.log_lines().join("\n"));
             }
             if tokio::time::timeout_at(deadline, count.changed()).await.is_err() {
-                bail!("ztunnel on {} never logged {what} within {timeout:?}; log:\n{}", self.node, self.log_lines().join("\n"));
+                bail!(
+                    "ztunnel on {} never logged {what} within {timeout:?}; log:\n{}",
+                    self.node,
+                    self.log_lines().join("\n")
+                );
             }
         }
     }
@@ -136,8 +145,7 @@ impl Ztunnel {
     /// Waits for the agent to report ready, then checks the readiness
     /// endpoint agrees.
     pub async fn wait_ready(&self, netns: &Netns) -> anyhow::Result<()> {
-        self.wait_for_log("ready", Duration::from_secs(30), |r| r["message"] == "ready")
-            .await?;
+        self.wait_for_log("ready", Duration::from_secs(30), |r| r["message"] == "ready").await?;
         let (status, body) = http::get(netns, "127.0.0.1:15021".parse()?, "/healthz/ready").await?;
         if status != 200 {
             bail!("ztunnel logged ready but /healthz/ready says {status}: {body}");

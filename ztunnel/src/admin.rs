@@ -53,10 +53,7 @@ impl Admin {
     }
 
     fn logging(&self, query: Option<&str>) -> Response {
-        let level = query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .find_map(|pair| pair.strip_prefix("level="));
+        let level = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("level="));
         match level {
             None => http_server::text(http::StatusCode::OK, format!("{}\n", self.log_level.current())),
             Some(level) => match self.log_level.set(level) {

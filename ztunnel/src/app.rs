@@ -38,9 +38,7 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     let metrics_server = HttpServer::new("metrics", settings.metrics_addr)?;
     let admin_server = HttpServer::new("admin", settings.admin_addr)?;
 
-    let mut capture = Capture::new(&settings.node, &settings.bpf_pin_dir())
-        .await
-        .context("preparing capture")?;
+    let mut capture = Capture::new(&settings.node, &settings.bpf_pin_dir()).await.context("preparing capture")?;
     capture.register_listener(capture::LISTENER_OUTBOUND, outbound.socket())?;
     let status = capture.sync(&state.current().snapshot).await.context("initial capture sync")?;
     ctx.set_local_addresses(capture.local_addresses().clone());
@@ -51,12 +49,7 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     drain.spawn(outbound.run(drain.clone()));
     drain.spawn(readiness.clone().serve(readiness_server, drain.clone()));
     drain.spawn(crate::metrics::serve(metrics_server, prometheus, drain.clone()));
-    let admin = Admin {
-        node: settings.node.clone(),
-        state: state.clone(),
-        capture: status.clone(),
-        log_level,
-    };
+    let admin = Admin { node: settings.node.clone(), state: state.clone(), capture: status.clone(), log_level };
     drain.spawn(admin.serve(admin_server, drain.clone()));
     drain.spawn(watcher.run(state.clone(), drain.clone()));
     drain.spawn(sync_capture(capture, state, ctx, status, drain.clone()));

@@ -97,20 +97,17 @@ mod tests {
         assert_eq!(s.bpf_pin_dir(), PathBuf::from("/sys/fs/bpf/ambit/n1"));
         assert_eq!(s.drain_grace, Duration::from_secs(5));
         assert_eq!(s.own_ports(), [15001, 15021, 15020, 15000]);
-        let s = Settings::try_parse_from([
-            "ztunnel", "--node", "n1", "--config", "/c.yaml", "--drain-grace", "250ms",
-        ])
-        .unwrap();
+        let s = Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml", "--drain-grace", "250ms"])
+            .unwrap();
         assert_eq!(s.drain_grace, Duration::from_millis(250));
     }
 
     #[test]
     fn bad_duration_is_named() {
-        let err = Settings::try_parse_from([
-            "ztunnel", "--node", "n1", "--config", "/c.yaml", "--connect-timeout", "soon",
-        ])
-        .unwrap_err()
-        .to_string();
+        let err =
+            Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml", "--connect-timeout", "soon"])
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("--connect-timeout"), "{err}");
         assert!(err.contains("soon"), "{err}");
     }

@@ -31,10 +31,8 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-    let snapshot = Snapshot::from_yaml(&text)
-        .map_err(|source| LoadError::Invalid { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    let snapshot = Snapshot::from_yaml(&text).map_err(|source| LoadError::Invalid { path: path.to_owned(), source })?;
     Ok(Loaded { text, snapshot })
 }
 

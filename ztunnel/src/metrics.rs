@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use mesh::drain::Drain;
 use mesh::http_server::{self, HttpServer, Request, Response};
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const OPEN_CONNECTIONS: &str = "ambit_open_connections";
 pub const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";

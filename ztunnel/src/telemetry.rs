@@ -34,15 +34,15 @@ impl LogLevelHandle {
 }
 
 pub fn init(filter: &str, format: LogFormat) -> Result<LogLevelHandle, LogLevelError> {
-    let parsed = EnvFilter::try_new(filter)
-        .map_err(|source| LogLevelError::Invalid { filter: filter.to_owned(), source })?;
+    let parsed =
+        EnvFilter::try_new(filter).map_err(|source| LogLevelError::Invalid { filter: filter.to_owned(), source })?;
     let (filter_layer, handle) = reload::Layer::new(parsed);
     let registry = tracing_subscriber::registry().with(filter_layer);
     match format {
         LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).init(),
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false))
-            .init(),
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false)).init()
+        }
     }
     Ok(LogLevelHandle(handle))
 }

@@ -14,19 +14,16 @@
 #![no_std]
 #![no_main]
 
+use ambit_ebpf_common::{CAPTURE_MARK, CAPTURE_MARK_MASK, LISTENER_OUTBOUND, LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_SHOT, bpf_sock,
-        bpf_sock_tuple,
+        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_SHOT, bpf_sock, bpf_sock_tuple,
     },
     helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, map},
     maps::{HashMap, SockMap},
     programs::TcContext,
-};
-use ambit_ebpf_common::{
-    CAPTURE_MARK, CAPTURE_MARK_MASK, LISTENER_OUTBOUND, LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo,
 };
 
 /// ztunnel's listening sockets, by `LISTENER_*` index. An entry disappears

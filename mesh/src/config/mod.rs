@@ -87,9 +87,7 @@ pub struct Service {
 
 impl Service {
     pub fn hostname(&self) -> String {
-        self.hostname
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}.svc.cluster.local", self.name, self.namespace))
+        self.hostname.clone().unwrap_or_else(|| format!("{}.{}.svc.cluster.local", self.name, self.namespace))
     }
 }
 

@@ -31,20 +31,11 @@ pub struct ServiceTarget<'a> {
 impl Snapshot {
     pub fn new(config: MeshConfig) -> Result<Self, ConfigError> {
         validate(&config)?;
-        let workload_by_ip = config
-            .workloads
-            .iter()
-            .enumerate()
-            .flat_map(|(i, w)| w.ips.iter().map(move |ip| (*ip, i)))
-            .collect();
-        let namespace_by_name =
-            config.namespaces.iter().enumerate().map(|(i, ns)| (ns.name.clone(), i)).collect();
-        let service_by_vip = config
-            .services
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| s.vips.iter().map(move |vip| (*vip, i)))
-            .collect();
+        let workload_by_ip =
+            config.workloads.iter().enumerate().flat_map(|(i, w)| w.ips.iter().map(move |ip| (*ip, i))).collect();
+        let namespace_by_name = config.namespaces.iter().enumerate().map(|(i, ns)| (ns.name.clone(), i)).collect();
+        let service_by_vip =
+            config.services.iter().enumerate().flat_map(|(i, s)| s.vips.iter().map(move |vip| (*vip, i))).collect();
         let endpoints = config.services.iter().map(|s| select_endpoints(&config, s)).collect();
         Ok(Self { config, workload_by_ip, namespace_by_name, service_by_vip, endpoints })
     }
@@ -110,12 +101,7 @@ impl ServiceTarget<'_> {
 /// A service's endpoints: the workloads it names, then those its selector
 /// matches in its own namespace, without repeats.
 fn select_endpoints(config: &MeshConfig, service: &Service) -> Vec<usize> {
-    let named = config
-        .workloads
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| service.endpoints.contains(&w.uid))
-        .map(|(i, _)| i);
+    let named = config.workloads.iter().enumerate().filter(|(_, w)| service.endpoints.contains(&w.uid)).map(|(i, _)| i);
     let selected = config
         .workloads
         .iter()

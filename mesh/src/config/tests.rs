@@ -76,10 +76,8 @@ fn service_selector_and_target_port() {
 fn pick_endpoint_reaches_every_endpoint() {
     let snap = snapshot();
     let target = snap.service_target(ip("10.96.0.10"), 80).unwrap();
-    let picked: HashSet<SocketAddr> =
-        (0..200).filter_map(|_| target.pick_endpoint(ip("10.96.0.10"))).collect();
-    let expected: HashSet<SocketAddr> =
-        ["10.1.0.2:8080", "10.2.0.2:8080"].iter().map(|s| s.parse().unwrap()).collect();
+    let picked: HashSet<SocketAddr> = (0..200).filter_map(|_| target.pick_endpoint(ip("10.96.0.10"))).collect();
+    let expected: HashSet<SocketAddr> = ["10.1.0.2:8080", "10.2.0.2:8080"].iter().map(|s| s.parse().unwrap()).collect();
     assert_eq!(picked, expected);
 }
 
@@ -145,10 +143,7 @@ fn wrong_type_is_rejected() {
 #[test]
 fn duplicate_ip_names_both_workloads() {
     let msg = error(&CONFIG.replace("ips: [10.2.0.2]", "ips: [10.1.0.2]"));
-    assert_eq!(
-        msg,
-        "duplicate IP \"10.1.0.2\": used by workload shop/web-1 and workload shop/web-2"
-    );
+    assert_eq!(msg, "duplicate IP \"10.1.0.2\": used by workload shop/web-1 and workload shop/web-2");
 }
 
 #[test]

@@ -73,9 +73,7 @@ async fn running_agent_keeps_last_good_config() {
         for node in 0..2 {
             bed.cluster
                 .ztunnel(node)
-                .wait_for_log(&format!("rejection #{}", round + 1), WAIT, |_| {
-                    rejections(&bed, node) > round
-                })
+                .wait_for_log(&format!("rejection #{}", round + 1), WAIT, |_| rejections(&bed, node) > round)
                 .await
                 .unwrap();
             let last = last_rejection(&bed, node);

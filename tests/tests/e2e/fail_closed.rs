@@ -49,11 +49,7 @@ async fn sigterm_drains_established_connections() {
     echo_roundtrip(&mut conn, b"before").await.unwrap();
 
     bed.cluster.ztunnel(0).terminate().unwrap();
-    bed.cluster
-        .ztunnel(0)
-        .wait_for_log("draining", WAIT, |r| r["message"] == "draining")
-        .await
-        .unwrap();
+    bed.cluster.ztunnel(0).wait_for_log("draining", WAIT, |r| r["message"] == "draining").await.unwrap();
     echo_roundtrip(&mut conn, b"during drain").await.unwrap();
     drop(conn);
     let ztunnel = bed.cluster.ztunnel(0);

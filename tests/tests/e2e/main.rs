@@ -2,6 +2,8 @@
 //! One binary (each file under tests/ would link its own), one module per
 //! area. Every test builds its own cluster, so they run in parallel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail the test on error")]
+
 mod capture;
 mod config;
 mod enrollment;

@@ -7,6 +7,8 @@ use ambit_tests::require_root;
 use ambit_tests::sample::exchange;
 use ambit_tests::topology::{ENROLLED, Standard};
 
+use crate::support::WAIT;
+
 /// Test 2: 200 connections from an enrolled pod to the service VIP all
 /// succeed, every endpoint (on both nodes) gets some, and every endpoint
 /// sees the client's own IP.
@@ -27,9 +29,18 @@ async fn service_vip_balances_over_every_endpoint() {
     for endpoint in ENROLLED {
         assert!(served.get(endpoint).copied().unwrap_or(0) > 0, "{endpoint} got no traffic: {served:?}");
     }
-    let logs = bed.cluster.ztunnel(1).access_logs();
-    let to_service: Vec<_> =
-        logs.iter().filter(|r| r["dst.addr"] == Standard::service_addr().to_string()).collect();
-    assert_eq!(to_service.len(), 200, "one access-log line per connection");
-    assert!(to_service.iter().all(|r| r["dst.service"] == "echo.mesh.svc.cluster.local"));
+    // ztunnel logs a connection once both directions have closed, which can
+    // be just after the client is done: wait for all 200 lines.
+    let vip = Standard::service_addr().to_string();
+    let ztunnel = bed.cluster.ztunnel(1);
+    let to_service = |logs: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        logs.into_iter().filter(|r| r["dst.addr"] == vip).collect()
+    };
+    ztunnel
+        .wait_for_log("200 access-log lines", WAIT, |_| to_service(ztunnel.access_logs()).len() >= 200)
+        .await
+        .unwrap();
+    let logged = to_service(ztunnel.access_logs());
+    assert_eq!(logged.len(), 200, "one access-log line per connection");
+    assert!(logged.iter().all(|r| r["dst.service"] == "echo.mesh.svc.cluster.local"));
 }

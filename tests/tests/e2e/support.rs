@@ -4,7 +4,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ambit_tests::cluster::Cluster;
-use ambit_tests::http;
 use serde_json::Value;
 
 pub const MIB: u64 = 1024 * 1024;
@@ -13,15 +12,12 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Scrapes node `node`'s agent metrics.
 pub async fn metrics(cluster: &Cluster, node: usize) -> String {
-    let netns = &cluster.nodes[node].netns;
-    let (status, body) = http::get(netns, "127.0.0.1:15020".parse().unwrap(), "/metrics").await.unwrap();
-    assert_eq!(status, 200, "metrics endpoint: {body}");
-    body
+    cluster.metrics(node).await.unwrap()
 }
 
 /// Connections node `node`'s agent has accepted so far.
 pub async fn opened(cluster: &Cluster, node: usize) -> f64 {
-    http::metric_sum(&metrics(cluster, node).await, "istio_tcp_connections_opened_total", &[])
+    cluster.opened(node).await.unwrap()
 }
 
 /// Waits until node `node`'s agent has applied config `version` to capture.

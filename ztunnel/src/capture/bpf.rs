@@ -94,10 +94,8 @@ impl Programs {
     /// Makes the `PODS` map hold exactly `desired`.
     pub fn set_pods(&mut self, desired: &HashMap<u32, PodInfo>) -> Result<(), Error> {
         let map = self.ebpf.map_mut("PODS").ok_or(Error::MissingObject("PODS"))?;
-        let mut pods: BpfHashMap<_, u32, PodInfo> =
-            BpfHashMap::try_from(map).map_err(|e| Error::Map(e.to_string()))?;
-        let stale: Vec<u32> =
-            pods.keys().filter_map(Result::ok).filter(|k| !desired.contains_key(k)).collect();
+        let mut pods: BpfHashMap<_, u32, PodInfo> = BpfHashMap::try_from(map).map_err(|e| Error::Map(e.to_string()))?;
+        let stale: Vec<u32> = pods.keys().filter_map(Result::ok).filter(|k| !desired.contains_key(k)).collect();
         for key in stale {
             pods.remove(&key).map_err(|e| Error::Map(e.to_string()))?;
         }
@@ -120,8 +118,7 @@ impl Programs {
         }
         self.attached.retain(|a| desired.contains(a));
         let wanted: HashSet<String> = desired.iter().map(Attachment::pin_name).collect();
-        let pins = std::fs::read_dir(&self.links_dir)
-            .map_err(|e| Error::Pin(self.links_dir.clone(), e))?;
+        let pins = std::fs::read_dir(&self.links_dir).map_err(|e| Error::Pin(self.links_dir.clone(), e))?;
         for pin in pins.filter_map(Result::ok) {
             if !wanted.contains(pin.file_name().to_string_lossy().as_ref()) {
                 // Removing the last reference to a TCX link detaches it.
@@ -164,10 +161,8 @@ impl Programs {
         };
         let id = program.attach(&attachment.ifname, TcAttachType::Ingress).map_err(attach_error)?;
         let link = program.take_link(id).map_err(attach_error)?;
-        let link = FdLink::try_from(link).map_err(|e| Error::Attach {
-            interface: attachment.ifname.clone(),
-            reason: e.to_string(),
-        })?;
+        let link = FdLink::try_from(link)
+            .map_err(|e| Error::Attach { interface: attachment.ifname.clone(), reason: e.to_string() })?;
         link.pin(&pin).map_err(|e| Error::Pin(pin.clone(), std::io::Error::other(e.to_string())))?;
         info!(interface = %attachment.ifname, program = attachment.role.program(), "attached");
         Ok(())

@@ -175,20 +175,14 @@ fn wire_key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-/// bpffs magic number (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// Pins need a bpffs. A DaemonSet mounts the host's; on a bare host the
 /// agent mounts it at the usual place itself.
 fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
     let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let fs_type = |path: &Path| {
-        nix::sys::statfs::statfs(path)
-            .map(|s| s.filesystem_type().0 as i64)
-            .map_err(|e| Error::Bpffs(path.to_owned(), e.to_string()))
-    };
-    if fs_type(existing)? == BPF_FS_MAGIC {
+    let stat = nix::sys::statfs::statfs(existing).map_err(|e| Error::Bpffs(existing.to_owned(), e.to_string()))?;
+    if stat.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC {
         return Ok(());
     }
     let root = Path::new(BPFFS_ROOT);
@@ -224,9 +218,6 @@ workloads:
         .unwrap();
         let pods = local_pods(&snapshot, "n1");
         let summary: Vec<_> = pods.iter().map(|p| (p.workload.as_str(), p.ip.to_string(), p.enrolled)).collect();
-        assert_eq!(
-            summary,
-            [("a/p1", "10.1.0.2".to_owned(), true), ("b/p3", "10.1.0.3".to_owned(), false)]
-        );
+        assert_eq!(summary, [("a/p1", "10.1.0.2".to_owned(), true), ("b/p3", "10.1.0.3".to_owned(), false)]);
     }
 }

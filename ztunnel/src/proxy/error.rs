@@ -38,9 +38,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             Self::SelfTarget(_) | Self::UnknownServicePort { .. } => Fault::Downstream,
-            Self::NoEndpoints { .. } | Self::Connect { .. } | Self::ConnectTimeout { .. } => {
-                Fault::Upstream
-            }
+            Self::NoEndpoints { .. } | Self::Connect { .. } | Self::ConnectTimeout { .. } => Fault::Upstream,
             Self::Socket(_) => Fault::Internal,
             // A reset mid-stream may come from either side; the client sees it
             // either way, so count it against the downstream like Envoy's DC.

@@ -32,8 +32,8 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        let listener = socket::transparent_listener(addr)
-            .map_err(|source| BindError { name: "outbound", addr, source })?;
+        let listener =
+            socket::transparent_listener(addr).map_err(|source| BindError { name: "outbound", addr, source })?;
         Ok(Self { listener, ctx })
     }
 
@@ -115,9 +115,9 @@ fn resolve(
         return Err(ProxyError::SelfTarget(orig_dst));
     }
     let upstream = if snapshot.is_vip(orig_dst.ip()) {
-        let target = snapshot.service_target(orig_dst.ip(), orig_dst.port()).ok_or(
-            ProxyError::UnknownServicePort { vip: orig_dst.ip(), port: orig_dst.port() },
-        )?;
+        let target = snapshot
+            .service_target(orig_dst.ip(), orig_dst.port())
+            .ok_or(ProxyError::UnknownServicePort { vip: orig_dst.ip(), port: orig_dst.port() })?;
         let service = format!("{}/{}", target.service.namespace, target.service.name);
         route.dst_service = Some(target.service.hostname());
         target.pick_endpoint(orig_dst.ip()).ok_or(ProxyError::NoEndpoints { service })?
@@ -139,14 +139,9 @@ fn resolve(
     Ok(())
 }
 
-async fn forward(
-    ctx: &ProxyContext,
-    mut downstream: TcpStream,
-    route: &Route,
-) -> Result<(u64, u64), ProxyError> {
+async fn forward(ctx: &ProxyContext, mut downstream: TcpStream, route: &Route) -> Result<(u64, u64), ProxyError> {
     let Some(upstream_addr) = route.upstream else { return Ok((0, 0)) };
-    let mut upstream = match socket::connect(upstream_addr, route.source, ctx.connect_timeout).await
-    {
+    let mut upstream = match socket::connect(upstream_addr, route.source, ctx.connect_timeout).await {
         Ok(upstream) => upstream,
         Err(error) => {
             socket::reset_on_close(&downstream);
@@ -154,14 +149,9 @@ async fn forward(
         }
     };
     let _ = downstream.set_nodelay(true);
-    tokio::io::copy_bidirectional_with_sizes(
-        &mut downstream,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    .map_err(ProxyError::Copy)
+    tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, COPY_BUFFER, COPY_BUFFER)
+        .await
+        .map_err(ProxyError::Copy)
 }
 
 fn access_log(
