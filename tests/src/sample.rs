@@ -205,50 +205,56 @@ const UPLOAD_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const DOWNLOAD_SEED: u64 = 0xd1b5_4a32_d192_ed03;
 const CHUNK: usize = 64 * 1024;
 
-/// Deterministic bytes: xorshift64 from `seed`, so both ends can produce
-/// and check the same stream without storing it.
-struct Generator(u64);
+/// Deterministic bytes: `len` bytes of xorshift64 output from `seed`, in
+/// chunks, so both ends can produce and check the same stream without
+/// storing it.
+struct Generated {
+    state: u64,
+    left: u64,
+    buf: Vec<u8>,
+}
 
-impl Generator {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+impl Generated {
+    fn new(len: u64, seed: u64) -> Self {
+        Self { state: seed, left: len, buf: vec![0; CHUNK] }
+    }
+
+    fn next_chunk(&mut self) -> Option<&[u8]> {
+        if self.left == 0 {
+            return None;
         }
+        let n = self.left.min(CHUNK as u64) as usize;
+        for word in self.buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            word.copy_from_slice(&self.state.to_le_bytes()[..word.len()]);
+        }
+        self.left -= n as u64;
+        Some(&self.buf[..n])
     }
 }
 
+/// Writes the generated stream and returns its hash.
 async fn send_generated(
     write: &mut (impl tokio::io::AsyncWrite + Unpin),
     len: u64,
     seed: u64,
 ) -> anyhow::Result<String> {
-    let mut generator = Generator(seed);
+    let mut stream = Generated::new(len, seed);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        generator.fill(&mut buf[..n]);
-        hasher.update(&buf[..n]);
-        write.write_all(&buf[..n]).await?;
-        left -= n as u64;
+    while let Some(chunk) = stream.next_chunk() {
+        hasher.update(chunk);
+        write.write_all(chunk).await?;
     }
     Ok(hex(&hasher.finalize()))
 }
 
 fn generated_hash(len: u64, seed: u64) -> String {
-    let mut generator = Generator(seed);
+    let mut stream = Generated::new(len, seed);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        generator.fill(&mut buf[..n]);
-        hasher.update(&buf[..n]);
-        left -= n as u64;
+    while let Some(chunk) = stream.next_chunk() {
+        hasher.update(chunk);
     }
     hex(&hasher.finalize())
 }
