@@ -8,6 +8,9 @@
 //!   metrics endpoints.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod config;
 pub mod drain;
 pub mod http_server;
+pub mod identity;
+pub mod tls;
