@@ -88,7 +88,8 @@ impl CertificateAuthority {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, trust_domain);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + ROOT_LIFETIME).into();
@@ -287,7 +288,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ca = CertificateAuthority::generate("cluster.local").unwrap();
         ca.write_files(&dir.join("ca.pem"), &dir.join("ca.key")).unwrap();
-        let again = CertificateAuthority::from_files("cluster.local", &dir.join("ca.pem"), &dir.join("ca.key")).unwrap();
+        let again =
+            CertificateAuthority::from_files("cluster.local", &dir.join("ca.pem"), &dir.join("ca.key")).unwrap();
         assert_eq!(again.root_pem(), ca.root_pem());
         let id = Identity::new("cluster.local", "a", "b");
         let request = CertificateRequest::new(&id).unwrap();

@@ -11,6 +11,7 @@
 pub mod ca;
 pub mod config;
 pub mod drain;
+pub mod hbone;
 pub mod http_server;
 pub mod identity;
 pub mod tls;

@@ -134,7 +134,9 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
         _ => None,
     });
     match (uris.next(), uris.next()) {
-        (Some(uri), None) => uri.parse().map_err(|e: crate::identity::IdentityError| TlsError::Certificate(e.to_string())),
+        (Some(uri), None) => {
+            uri.parse().map_err(|e: crate::identity::IdentityError| TlsError::Certificate(e.to_string()))
+        }
         _ => Err(TlsError::Certificate("expected exactly one URI SAN".into())),
     }
 }
@@ -255,7 +257,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let identity = self.trust.verify(end_entity, intermediates, now, webpki::KeyUsage::server_auth())?;
         if !self.expected.contains(&identity) {
-            return Err(rustls::Error::General(format!("server identity {identity} is not one expected for the destination")));
+            return Err(rustls::Error::General(format!(
+                "server identity {identity} is not one expected for the destination"
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }

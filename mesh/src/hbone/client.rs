@@ -1,0 +1,80 @@
+//! The client side: an h2 connection over which CONNECT streams are opened.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{HeaderMap, Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{H2Stream, HboneError, settings};
+
+/// An HTTP/2 connection to an HBONE server. Cheap to clone; the connection
+/// closes when the last clone is gone, or when keepalive finds the peer dead.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Runs the HTTP/2 handshake over an established (TLS) stream and starts
+/// the connection's driver task, with PING keepalive.
+pub async fn handshake<IO>(io: IO) -> Result<Connection, HboneError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, mut connection) = settings::client_builder().handshake(io).await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ping_pong = connection.ping_pong();
+    let driver_closed = closed.clone();
+    tokio::spawn(async move {
+        let keepalive = async {
+            match ping_pong {
+                Some(ping_pong) => settings::keepalive(ping_pong).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut connection => {}
+            () = keepalive => tracing::debug!("HBONE peer stopped answering PINGs; closing"),
+        }
+        driver_closed.store(true, Ordering::Release);
+    });
+    Ok(Connection { send, closed })
+}
+
+impl Connection {
+    /// Wraps a handshaken sender whose driver the test runs itself.
+    #[cfg(test)]
+    pub(crate) fn for_test(send: SendRequest<Bytes>) -> Self {
+        Self { send, closed: Arc::default() }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub fn peer_max_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+
+    /// Opens a CONNECT stream to `authority` and waits for the answer.
+    pub async fn connect(&self, authority: SocketAddr, headers: HeaderMap) -> Result<H2Stream, HboneError> {
+        let mut send = self.send.clone().ready().await?;
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority.to_string())
+            .body(())
+            .map_err(|e| HboneError::Request(e.to_string()))?;
+        *request.headers_mut() = headers;
+        let (response, stream) = send.send_request(request, false)?;
+        let response = response.await?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Status(response.status()));
+        }
+        Ok(H2Stream::new(stream, response.into_body()))
+    }
+}
