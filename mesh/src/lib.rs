@@ -8,6 +8,7 @@
 //!   metrics endpoints.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod ca;
 pub mod config;
 pub mod drain;

@@ -7,6 +7,7 @@
 //! data path uses.
 
 mod enrollment;
+pub mod policy;
 mod snapshot;
 mod validate;
 
@@ -33,6 +34,15 @@ pub struct MeshConfig {
     pub workloads: Vec<Workload>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// `security.istio.io/v1` AuthorizationPolicy objects, as applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<policy::AuthorizationPolicy>,
+    /// `security.istio.io/v1` PeerAuthentication objects, as applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<policy::PeerAuthentication>,
+    /// Policies in this namespace apply mesh-wide (Istio's root namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +67,10 @@ pub struct Workload {
     /// The node the pod runs on; an agent captures only its own node's pods.
     pub node: String,
     pub ips: Vec<IpAddr>,
+    /// The workload the pod belongs to (its Deployment, StatefulSet, …), for
+    /// telemetry; defaults to the pod name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
 }
@@ -124,6 +138,32 @@ impl Workload {
     /// `namespace/name`, the way people name pods in messages.
     pub fn qualified_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The workload name telemetry reports (`source_workload` and friends).
+    pub fn workload_name(&self) -> &str {
+        self.workload_name.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn identity(&self, trust_domain: &str) -> crate::identity::Identity {
+        crate::identity::Identity::new(trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// Istio's canonical service: the `service.istio.io/canonical-name` label,
+    /// else `app.kubernetes.io/name`, else `app`, else the workload name.
+    pub fn canonical_service(&self) -> &str {
+        ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
+            .iter()
+            .find_map(|k| self.labels.get(*k))
+            .map_or(self.workload_name(), String::as_str)
+    }
+
+    /// Istio's canonical revision, `latest` when no label says otherwise.
+    pub fn canonical_revision(&self) -> &str {
+        ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
+            .iter()
+            .find_map(|k| self.labels.get(*k))
+            .map_or("latest", String::as_str)
     }
 }
 

@@ -8,6 +8,7 @@ use rand::Rng as _;
 
 use super::validate::validate;
 use super::{ConfigError, MeshConfig, Namespace, Service, ServicePort, Workload, enrolled};
+use crate::authz::{Authorizer, DEFAULT_ROOT_NAMESPACE};
 
 /// An immutable, validated config with its indexes.
 #[derive(Clone, Debug, Default)]
@@ -18,6 +19,7 @@ pub struct Snapshot {
     service_by_vip: HashMap<IpAddr, usize>,
     /// Per service (same order as `config.services`), its endpoints' indexes.
     endpoints: Vec<Vec<usize>>,
+    authorizer: Authorizer,
 }
 
 /// Where a connection to a service VIP and port should go.
@@ -31,13 +33,15 @@ pub struct ServiceTarget<'a> {
 impl Snapshot {
     pub fn new(config: MeshConfig) -> Result<Self, ConfigError> {
         validate(&config)?;
+        let root_namespace = config.root_namespace.as_deref().unwrap_or(DEFAULT_ROOT_NAMESPACE);
+        let authorizer = Authorizer::new(&config.authorization_policies, &config.peer_authentications, root_namespace)?;
         let workload_by_ip =
             config.workloads.iter().enumerate().flat_map(|(i, w)| w.ips.iter().map(move |ip| (*ip, i))).collect();
         let namespace_by_name = config.namespaces.iter().enumerate().map(|(i, ns)| (ns.name.clone(), i)).collect();
         let service_by_vip =
             config.services.iter().enumerate().flat_map(|(i, s)| s.vips.iter().map(move |vip| (*vip, i))).collect();
         let endpoints = config.services.iter().map(|s| select_endpoints(&config, s)).collect();
-        Ok(Self { config, workload_by_ip, namespace_by_name, service_by_vip, endpoints })
+        Ok(Self { config, workload_by_ip, namespace_by_name, service_by_vip, endpoints, authorizer })
     }
 
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
@@ -46,6 +50,21 @@ impl Snapshot {
 
     pub fn config(&self) -> &MeshConfig {
         &self.config
+    }
+
+    /// The compiled authorization and peer-authentication policies.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// Services that select `workload`, for telemetry's `destination_service`.
+    pub fn services_of<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a Service> + 'a {
+        self.config
+            .services
+            .iter()
+            .zip(&self.endpoints)
+            .filter(move |(_, eps)| eps.iter().any(|&i| self.config.workloads[i].uid == workload.uid))
+            .map(|(s, _)| s)
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Workload> {

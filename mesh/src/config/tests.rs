@@ -163,3 +163,39 @@ fn other_semantic_errors() {
     assert!(error(&CONFIG.replace("name: db", "name: \"\"")).contains("empty `name`"));
     assert!(error(&CONFIG.replace("- name: legacy", "- name: shop")).contains("duplicate namespace"));
 }
+
+#[test]
+fn policies_are_part_of_the_config() {
+    let text = format!(
+        "{CONFIG}\nauthorizationPolicies:\n  - apiVersion: security.istio.io/v1\n    kind: AuthorizationPolicy\n    metadata: {{ name: deny-legacy, namespace: shop, uid: ignored }}\n    spec:\n      action: DENY\n      rules: [{{ from: [{{ source: {{ namespaces: [legacy] }} }}] }}]\n"
+    );
+    let snap = Snapshot::from_yaml(&text).unwrap();
+    let web = snap.workload_by_ip(ip("10.1.0.2")).unwrap();
+    let legacy = crate::identity::Identity::new("cluster.local", "legacy", "default");
+    let conn = crate::authz::ConnectionInfo {
+        src_identity: Some(&legacy),
+        src_ip: ip("10.2.0.3"),
+        dst_ip: ip("10.1.0.2"),
+        dst_port: 8080,
+    };
+    assert!(!snap.authorizer().authorize(web, &conn).is_allowed());
+    let names: Vec<_> = snap.services_of(web).map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web"]);
+
+    let bad = text.replace("namespaces: [legacy]", "ipBlocks: [not-an-ip]");
+    let msg = error(&bad);
+    assert!(msg.contains("AuthorizationPolicy shop/deny-legacy") && msg.contains("not-an-ip"), "{msg}");
+    let typo = text.replace("action: DENY", "acton: DENY");
+    assert!(error(&typo).contains("unknown field `acton`"));
+}
+
+#[test]
+fn canonical_names_follow_istio_labels() {
+    let snap = snapshot();
+    let web = snap.workload_by_ip(ip("10.1.0.2")).unwrap();
+    assert_eq!((web.workload_name(), web.canonical_service(), web.canonical_revision()), ("web-1", "web", "latest"));
+    let mut w = web.clone();
+    w.workload_name = Some("web".into());
+    w.labels.insert("service.istio.io/canonical-revision".into(), "v2".into());
+    assert_eq!((w.workload_name(), w.canonical_revision()), ("web", "v2"));
+}

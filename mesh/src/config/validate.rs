@@ -19,6 +19,8 @@ pub enum ConfigError {
     InvalidPort { service: String, port: u16 },
     #[error("service {service} names endpoint {uid:?}, but no workload has that uid")]
     UnknownEndpoint { service: String, uid: String },
+    #[error("{0}")]
+    Policy(#[from] crate::authz::PolicyError),
 }
 
 /// Checks what the types alone cannot: unique identifiers and addresses,
