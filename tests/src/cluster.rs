@@ -24,6 +24,9 @@ use mesh::config::{Labels, MeshConfig, Namespace, Service, ServicePort, Snapshot
 use crate::netns::{Netns, unique_prefix};
 use crate::ztunnel::{Launch, Ztunnel};
 
+/// The trust domain of test clusters' identities.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
 /// Where test agents pin their BPF objects; one directory per cluster.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/ambit-test";
 const POD_GATEWAY: &str = "169.254.1.1";
@@ -66,6 +69,8 @@ pub struct PodSpec {
     pub name: String,
     pub namespace: String,
     pub service_account: Option<String>,
+    /// The Deployment-like name telemetry reports; defaults to the pod name.
+    pub workload_name: Option<String>,
     pub labels: Labels,
 }
 
@@ -80,6 +85,9 @@ pub struct Cluster {
     prefix: String,
     dir: tempfile::TempDir,
     config: MeshConfig,
+    ca: mesh::ca::CertificateAuthority,
+    /// Extra ztunnel flags for every agent this cluster starts.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -96,8 +104,11 @@ impl Cluster {
             underlay,
             dir: tempfile::tempdir()?,
             config: MeshConfig::default(),
+            ca: mesh::ca::CertificateAuthority::generate(TRUST_DOMAIN)?,
+            extra_args: Vec::new(),
             prefix,
         };
+        cluster.ca.write_files(&cluster.ca_cert_path(), &cluster.dir.path().join("ca.key"))?;
         for index in 1..=nodes {
             cluster.add_node(index)?;
         }
@@ -174,6 +185,7 @@ impl Cluster {
             service_account: spec.service_account.unwrap_or_else(|| "default".into()),
             node: node_ref.name.clone(),
             ips: vec![IpAddr::V4(ip)],
+            workload_name: spec.workload_name,
             labels: spec.labels,
         });
         self.pods.push(Pod { name: spec.name, namespace: spec.namespace, node, ip, netns });
@@ -260,6 +272,14 @@ impl Cluster {
         Ok(())
     }
 
+    pub fn ca(&self) -> &mesh::ca::CertificateAuthority {
+        &self.ca
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     pub fn pin_dir(&self, node: usize) -> PathBuf {
         PathBuf::from(PIN_ROOT).join(&self.prefix).join(&self.nodes[node].name)
     }
@@ -270,7 +290,9 @@ impl Cluster {
             node: self.nodes[node].name.clone(),
             config: self.config_path(),
             pin_dir: self.pin_dir(node),
-            extra_args: Vec::new(),
+            ca_cert: self.ca_cert_path(),
+            ca_key: self.dir.path().join("ca.key"),
+            extra_args: self.extra_args.clone(),
         }
     }
 

@@ -10,8 +10,10 @@
 #![allow(clippy::panic, reason = "test-bed helpers fail the calling test loudly")]
 
 pub mod cluster;
+pub mod hbone_client;
 pub mod http;
 pub mod netns;
+pub mod pcap;
 pub mod sample;
 pub mod topology;
 pub mod ztunnel;

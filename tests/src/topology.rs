@@ -7,7 +7,8 @@
 //!
 //! plus the outside (`10.200.0.100`). Every pod and the outside run a sample
 //! server on [`APP_PORT`]. Service `echo.mesh` ([`SERVICE_VIP`]:[`SERVICE_PORT`])
-//! selects the four enrolled pods.
+//! selects the four enrolled pods. Every pod carries the label `name=<pod>`,
+//! so policies can select single pods.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -48,7 +49,8 @@ impl Standard {
                     name: format!("{prefix}-{suffix}"),
                     namespace: MESH_NAMESPACE.into(),
                     service_account: Some(format!("sa-{prefix}-{suffix}")),
-                    labels: labels(&[("app", "echo")]),
+                    workload_name: None,
+                    labels: labels(&[("app", "echo"), ("name", &format!("{prefix}-{suffix}"))]),
                 };
                 cluster.add_pod(node, spec)?;
             }
@@ -56,7 +58,8 @@ impl Standard {
                 name: format!("{prefix}-plain"),
                 namespace: LEGACY_NAMESPACE.into(),
                 service_account: None,
-                labels: labels(&[("app", "plain")]),
+                workload_name: None,
+                labels: labels(&[("app", "plain"), ("name", &format!("{prefix}-plain"))]),
             };
             cluster.add_pod(node, spec)?;
         }

@@ -64,6 +64,8 @@ pub struct Launch {
     pub node: String,
     pub config: PathBuf,
     pub pin_dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
     pub extra_args: Vec<String>,
 }
 
@@ -79,6 +81,10 @@ impl Ztunnel {
             .arg(&launch.config)
             .arg("--bpf-pin-dir")
             .arg(&launch.pin_dir)
+            .arg("--ca-cert")
+            .arg(&launch.ca_cert)
+            .arg("--ca-key")
+            .arg(&launch.ca_key)
             .args(["--log-format", "json", "--drain-grace", "2s"])
             .args(&launch.extra_args)
             .stdin(Stdio::null())

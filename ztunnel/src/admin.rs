@@ -9,6 +9,7 @@ use mesh::http_server::{self, HttpServer, Request, Response};
 use serde::Serialize;
 
 use crate::capture::CaptureStatus;
+use crate::identity::{CertManager, CertStatus};
 use crate::state::State;
 use crate::telemetry::LogLevelHandle;
 
@@ -17,6 +18,9 @@ pub struct Admin {
     pub node: String,
     pub state: State,
     pub capture: Arc<RwLock<CaptureStatus>>,
+    pub certs: CertManager,
+    pub pool: mesh::hbone::pool::Pool,
+    pub connections: Arc<crate::proxy::ProxyContext>,
     pub log_level: LogLevelHandle,
 }
 
@@ -26,6 +30,10 @@ struct ConfigDump<'a> {
     version: u64,
     config: &'a mesh::config::MeshConfig,
     capture: CaptureStatus,
+    certificates: Vec<CertStatus>,
+    pool: mesh::hbone::pool::PoolStats,
+    /// Inbound connections that policy changes are checked against.
+    live_inbound_connections: usize,
 }
 
 impl Admin {
@@ -49,6 +57,9 @@ impl Admin {
             version: current.version,
             config: current.snapshot.config(),
             capture,
+            certificates: self.certs.status(),
+            pool: self.pool.stats(),
+            live_inbound_connections: self.connections.connections.len(),
         })
     }
 

@@ -1,21 +1,31 @@
 //! Wires the agent together and owns its lifetime: bind every listener
 //! (failing fast), prepare capture, serve, and drain on SIGTERM.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ambit_ebpf_common::{LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUND};
 use anyhow::Context as _;
+use mesh::ca::{CaClient, CertificateAuthority};
+use mesh::config::Snapshot;
 use mesh::drain::{Drain, DrainOutcome};
+use mesh::hbone::pool::Pool;
 use mesh::http_server::HttpServer;
+use mesh::identity::Identity;
+use mesh::tls::TrustBundle;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::capture::{self, Capture, CaptureStatus};
+use crate::capture::{Capture, CaptureStatus};
 use crate::cli::Settings;
 use crate::config_file::{self, ConfigWatcher};
-use crate::proxy::ProxyContext;
+use crate::identity::CertManager;
+use crate::proxy::inbound::Inbound;
+use crate::proxy::inbound_plain::InboundPlain;
 use crate::proxy::outbound::Outbound;
+use crate::proxy::{ContextSettings, HboneDialer, ProxyContext};
 use crate::readiness::Readiness;
 use crate::state::State;
 use crate::telemetry::LogLevelHandle;
@@ -31,28 +41,63 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     let watcher = ConfigWatcher::new(&settings.config, loaded.text)?;
     let state = State::new(loaded.snapshot);
     let drain = Drain::new();
-    let ctx = ProxyContext::new(state.clone(), settings.own_ports(), settings.connect_timeout);
+    let certs = cert_manager(&settings)?;
+    let pool = Pool::new(
+        HboneDialer {
+            certs: certs.clone(),
+            state: state.clone(),
+            node: settings.node.clone(),
+            connect_timeout: settings.connect_timeout,
+        },
+        settings.pool_streams,
+        settings.pool_idle_timeout,
+    );
+    let context = ContextSettings {
+        node: settings.node.clone(),
+        trust_domain: settings.trust_domain.clone(),
+        own_ports: settings.own_ports(),
+        connect_timeout: settings.connect_timeout,
+    };
+    let ctx = ProxyContext::new(context, state.clone(), certs.clone(), pool.clone());
 
     let outbound = Outbound::new(settings.outbound_addr, ctx.clone())?;
+    let inbound = Inbound::new(settings.hbone_addr, ctx.clone())?;
+    let inbound_plain = InboundPlain::new(settings.inbound_plain_addr, ctx.clone())?;
     let readiness_server = HttpServer::new("readiness", settings.readiness_addr)?;
     let metrics_server = HttpServer::new("metrics", settings.metrics_addr)?;
     let admin_server = HttpServer::new("admin", settings.admin_addr)?;
 
     let mut capture = Capture::new(&settings.node, &settings.bpf_pin_dir()).await.context("preparing capture")?;
-    capture.register_listener(capture::LISTENER_OUTBOUND, outbound.socket())?;
-    let status = capture.sync(&state.current().snapshot).await.context("initial capture sync")?;
+    capture.register_listener(LISTENER_OUTBOUND, outbound.socket())?;
+    capture.register_listener(LISTENER_HBONE, inbound.socket())?;
+    capture.register_listener(LISTENER_INBOUND_PLAIN, inbound_plain.socket())?;
+    let snapshot = state.current();
+    let status = capture.sync(&snapshot.snapshot).await.context("initial capture sync")?;
     ctx.set_local_addresses(capture.local_addresses().clone());
+    prefetch_certificates(&certs, &snapshot.snapshot, &settings).await;
     let status = Arc::new(RwLock::new(status));
-    let readiness = Readiness::default();
+    let readiness = Readiness::new(certs.clone());
     readiness.set_captured();
 
     drain.spawn(outbound.run(drain.clone()));
+    drain.spawn(inbound.run(drain.clone()));
+    drain.spawn(inbound_plain.run(drain.clone()));
+    drain.spawn(certs.clone().run(drain.clone()));
+    drain.spawn(pool.clone().run_reaper(drain.clone()));
     drain.spawn(readiness.clone().serve(readiness_server, drain.clone()));
     drain.spawn(crate::metrics::serve(metrics_server, prometheus, drain.clone()));
-    let admin = Admin { node: settings.node.clone(), state: state.clone(), capture: status.clone(), log_level };
+    let admin = Admin {
+        node: settings.node.clone(),
+        state: state.clone(),
+        capture: status.clone(),
+        certs: certs.clone(),
+        pool,
+        connections: ctx.clone(),
+        log_level,
+    };
     drain.spawn(admin.serve(admin_server, drain.clone()));
     drain.spawn(watcher.run(state.clone(), drain.clone()));
-    drain.spawn(sync_capture(capture, state, ctx, status, drain.clone()));
+    drain.spawn(sync_loop(capture, ctx, status, settings.clone(), drain.clone()));
     info!(node = %settings.node, "ready");
 
     wait_for_shutdown_signal().await?;
@@ -60,24 +105,53 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     info!(grace = ?settings.drain_grace, active = drain.active(), "draining");
     match drain.drain(settings.drain_grace).await {
         DrainOutcome::Complete => info!("drained"),
-        DrainOutcome::TimedOut { remaining } => {
-            warn!(remaining, "drain grace expired; closing remaining connections")
-        }
+        DrainOutcome::TimedOut { remaining } => warn!(remaining, "drain grace expired; closing remaining connections"),
     }
     Ok(())
 }
 
-/// Keeps the kernel in step with the config: on every new version, and
-/// periodically for interfaces that appeared since.
-async fn sync_capture(
+/// The CA, until the controller serves certificates: files the operator
+/// (or the test bed) provides.
+fn cert_manager(settings: &Settings) -> anyhow::Result<CertManager> {
+    let ca = CertificateAuthority::from_files(&settings.trust_domain, &settings.ca_cert, &settings.ca_key)?;
+    let ca: Arc<dyn CaClient> = Arc::new(Arc::new(ca));
+    let trust = TrustBundle::from_pem(&settings.trust_domain, &ca.roots_pem())?;
+    Ok(CertManager::new(ca, trust, settings.cert_ttl))
+}
+
+/// The identities of this node's enrolled pods.
+fn local_identities(snapshot: &Snapshot, settings: &Settings) -> HashSet<Identity> {
+    snapshot
+        .node_workloads(&settings.node)
+        .filter(|w| snapshot.is_enrolled(w))
+        .map(|w| w.identity(&settings.trust_domain))
+        .collect()
+}
+
+/// Gets every local identity's certificate before reporting ready; failures
+/// are retried by the certificate manager and keep readiness false.
+async fn prefetch_certificates(certs: &CertManager, snapshot: &Snapshot, settings: &Settings) {
+    let wanted = local_identities(snapshot, settings);
+    certs.set_wanted(&wanted);
+    for identity in &wanted {
+        if let Err(error) = certs.get(identity).await {
+            warn!(%error, "certificate prefetch failed; will retry");
+        }
+    }
+}
+
+/// Keeps the kernel, the certificates and the live connections in step with
+/// the config: on every new version, and periodically for interfaces that
+/// appeared since.
+async fn sync_loop(
     mut capture: Capture,
-    state: State,
     ctx: Arc<ProxyContext>,
     status: Arc<RwLock<CaptureStatus>>,
+    settings: Settings,
     drain: Drain,
 ) {
-    let mut updates = state.subscribe();
-    let mut synced_version = state.current().version;
+    let mut updates = ctx.state.subscribe();
+    let mut synced_version = ctx.state.current().version;
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -85,7 +159,14 @@ async fn sync_capture(
             changed = updates.changed() => if changed.is_err() { break },
             _ = tick.tick() => {}
         }
-        let current = state.current();
+        let current = ctx.state.current();
+        if synced_version != current.version {
+            ctx.certs.set_wanted(&local_identities(&current.snapshot, &settings));
+            let revoked = ctx.connections.revalidate(&current.snapshot, &settings.node);
+            if revoked > 0 {
+                info!(version = current.version, revoked, "closing connections the new policy denies");
+            }
+        }
         match capture.sync(&current.snapshot).await {
             Ok(new_status) => {
                 let enrolled = new_status.pods.iter().filter(|p| p.enrolled).count();

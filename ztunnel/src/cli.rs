@@ -24,6 +24,45 @@ pub struct Settings {
     #[arg(long, env = "AMBIT_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
     pub outbound_addr: SocketAddr,
 
+    /// Inbound HBONE listener (mTLS + HTTP/2 CONNECT), Istio's port. Bound to
+    /// all addresses: tunnels for local pods reach it through capture, and
+    /// same-node tunnels through policy routing.
+    #[arg(long, env = "AMBIT_HBONE_ADDR", default_value = "0.0.0.0:15008")]
+    pub hbone_addr: SocketAddr,
+
+    /// Inbound plaintext listener: connections to enrolled pods from outside
+    /// the mesh. Loopback; reached only through capture.
+    #[arg(long, env = "AMBIT_INBOUND_PLAIN_ADDR", default_value = "127.0.0.1:15006")]
+    pub inbound_plain_addr: SocketAddr,
+
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Root certificate of the mesh CA (PEM). Until the controller serves
+    /// certificates, ztunnel signs its pods' certificates with this CA.
+    #[arg(long, env = "AMBIT_CA_CERT")]
+    pub ca_cert: PathBuf,
+
+    /// The mesh CA's private key (PEM).
+    #[arg(long, env = "AMBIT_CA_KEY")]
+    pub ca_key: PathBuf,
+
+    /// Lifetime of workload certificates; they are renewed at half of it.
+    #[arg(long, env = "AMBIT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub cert_ttl: Duration,
+
+    /// Streams an HBONE connection carries before the pool opens another
+    /// (the peer's MAX_CONCURRENT_STREAMS caps it further).
+    #[arg(long, env = "AMBIT_POOL_STREAMS", default_value_t = mesh::hbone::settings::DEFAULT_STREAMS_PER_CONNECTION)]
+    pub pool_streams: usize,
+
+    /// An HBONE connection with no streams for this long is closed.
+    #[arg(long, env = "AMBIT_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+
     /// Readiness endpoint (`/healthz/ready`), Istio's port.
     #[arg(long, env = "AMBIT_READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
@@ -75,10 +114,17 @@ impl Settings {
 
     /// The ports this agent listens on: captured connections to them are refused.
     pub fn own_ports(&self) -> Vec<u16> {
-        [self.outbound_addr, self.readiness_addr, self.metrics_addr, self.admin_addr]
-            .iter()
-            .map(SocketAddr::port)
-            .collect()
+        [
+            self.outbound_addr,
+            self.hbone_addr,
+            self.inbound_plain_addr,
+            self.readiness_addr,
+            self.metrics_addr,
+            self.admin_addr,
+        ]
+        .iter()
+        .map(SocketAddr::port)
+        .collect()
     }
 }
 
@@ -89,6 +135,9 @@ fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ARGS: &[&str] =
+        &["ztunnel", "--node", "n1", "--config", "/c.yaml", "--ca-cert", "/ca.pem", "--ca-key", "/ca.key"];
 
     #[test]
     fn defaults_and_overrides() {

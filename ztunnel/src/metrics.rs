@@ -1,27 +1,31 @@
-//! Metric names and the Prometheus recorder. Names follow Istio's where a
-//! counterpart exists, so existing dashboards keep working; the rest are
-//! `ambit_`-prefixed.
+//! Metrics, in Istio's names and labels so existing dashboards work
+//! unchanged (see Istio's "standard metrics"): the `istio_tcp_*` family,
+//! labelled by reporter, both workloads and principals, the service, and
+//! the connection's security policy. Byte counters move while data flows,
+//! so long-lived connections show up before they close.
 
 use std::time::Duration;
 
 use mesh::drain::Drain;
 use mesh::http_server::{self, HttpServer, Request, Response};
-use metrics::{counter, gauge};
+use metrics::{Counter, Label, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const OPEN_CONNECTIONS: &str = "ambit_open_connections";
 pub const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
+/// Bytes towards the source (the response direction), as Istio counts them.
 pub const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
+/// Bytes from the source (the request direction).
 pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 pub const CONFIG_UPDATES: &str = "ambit_config_updates_total";
 pub const CAPTURED_PODS: &str = "ambit_captured_pods";
+pub const POLICY_CLOSED: &str = "ambit_connections_closed_by_policy_total";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot install the metrics recorder: {0}")]
 pub struct RecorderError(#[from] metrics_exporter_prometheus::BuildError);
 
-/// Installs the process-wide Prometheus recorder.
 pub fn install() -> Result<PrometheusHandle, RecorderError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     describe();
@@ -30,48 +34,118 @@ pub fn install() -> Result<PrometheusHandle, RecorderError> {
 
 fn describe() {
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Connections this agent is proxying right now.");
-    metrics::describe_counter!(CONNECTIONS_OPENED, "Proxied TCP connections opened.");
-    metrics::describe_counter!(CONNECTIONS_CLOSED, "Proxied TCP connections closed.");
-    metrics::describe_counter!(SENT_BYTES, "Bytes sent towards the destination.");
-    metrics::describe_counter!(RECEIVED_BYTES, "Bytes received from the destination.");
+    metrics::describe_counter!(CONNECTIONS_OPENED, "TCP connections opened.");
+    metrics::describe_counter!(CONNECTIONS_CLOSED, "TCP connections closed.");
+    metrics::describe_counter!(SENT_BYTES, "Bytes sent towards the source (response direction).");
+    metrics::describe_counter!(RECEIVED_BYTES, "Bytes received from the source (request direction).");
     metrics::describe_counter!(CONFIG_UPDATES, "Config updates, by result (applied or rejected).");
     metrics::describe_gauge!(CAPTURED_PODS, "Local pods whose traffic is captured.");
+    metrics::describe_counter!(POLICY_CLOSED, "Live connections closed because policy came to deny them.");
     gauge!("istio_build", "component" => "ztunnel", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Counts one proxied connection from creation to drop, so the open gauge
-/// cannot leak whatever path the connection takes out.
+/// Who is at one end of a connection, as telemetry names it. Unknown
+/// values are `unknown`, as in Istio.
+#[derive(Clone, Debug, Default)]
+pub struct PeerLabels {
+    pub workload: Option<String>,
+    pub namespace: Option<String>,
+    pub principal: Option<String>,
+    pub app: Option<String>,
+    pub version: Option<String>,
+    pub canonical_service: Option<String>,
+    pub canonical_revision: Option<String>,
+}
+
+/// Everything a connection's metrics are labelled with.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionLabels {
+    /// `source` on the client's node, `destination` on the server's.
+    pub reporter: &'static str,
+    pub source: PeerLabels,
+    pub destination: PeerLabels,
+    /// Service hostname, name and namespace, when the client addressed one.
+    pub service: Option<(String, String, String)>,
+    /// `mutual_tls` or `unknown`.
+    pub security_policy: &'static str,
+}
+
+impl ConnectionLabels {
+    pub fn to_labels(&self, response_flags: &str) -> Vec<Label> {
+        let v = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".to_owned());
+        let (service, service_name, service_namespace) =
+            self.service.clone().unwrap_or_else(|| ("unknown".into(), "unknown".into(), "unknown".into()));
+        let (s, d) = (&self.source, &self.destination);
+        vec![
+            Label::new("reporter", self.reporter),
+            Label::new("source_workload", v(&s.workload)),
+            Label::new("source_workload_namespace", v(&s.namespace)),
+            Label::new("source_principal", v(&s.principal)),
+            Label::new("source_app", v(&s.app)),
+            Label::new("source_version", v(&s.version)),
+            Label::new("source_canonical_service", v(&s.canonical_service)),
+            Label::new("source_canonical_revision", v(&s.canonical_revision)),
+            Label::new("source_cluster", "Kubernetes"),
+            Label::new("destination_workload", v(&d.workload)),
+            Label::new("destination_workload_namespace", v(&d.namespace)),
+            Label::new("destination_principal", v(&d.principal)),
+            Label::new("destination_app", v(&d.app)),
+            Label::new("destination_version", v(&d.version)),
+            Label::new("destination_canonical_service", v(&d.canonical_service)),
+            Label::new("destination_canonical_revision", v(&d.canonical_revision)),
+            Label::new("destination_cluster", "Kubernetes"),
+            Label::new("destination_service", service),
+            Label::new("destination_service_name", service_name),
+            Label::new("destination_service_namespace", service_namespace),
+            Label::new("request_protocol", "tcp"),
+            Label::new("response_flags", response_flags.to_owned()),
+            Label::new("connection_security_policy", self.security_policy),
+        ]
+    }
+}
+
+/// Live byte counters of one connection.
+#[derive(Clone, Debug)]
+pub struct ByteCounters {
+    pub sent: Counter,
+    pub received: Counter,
+}
+
+/// Counts one connection from open to close, so the open gauge cannot leak
+/// whatever path the connection takes out.
 #[derive(Debug)]
 pub struct ConnectionMetrics {
     direction: &'static str,
-    sent: u64,
-    received: u64,
+    labels: ConnectionLabels,
+    pub bytes: ByteCounters,
 }
 
 impl ConnectionMetrics {
-    pub fn open(direction: &'static str) -> Self {
+    pub fn open(direction: &'static str, labels: ConnectionLabels) -> Self {
         gauge!(OPEN_CONNECTIONS, "direction" => direction).increment(1.0);
-        counter!(CONNECTIONS_OPENED, "direction" => direction).increment(1);
-        Self { direction, sent: 0, received: 0 }
+        let open_labels = labels.to_labels("-");
+        counter!(CONNECTIONS_OPENED, open_labels.clone()).increment(1);
+        let bytes = ByteCounters {
+            sent: counter!(SENT_BYTES, open_labels.clone()),
+            received: counter!(RECEIVED_BYTES, open_labels),
+        };
+        Self { direction, labels, bytes }
     }
 
-    pub fn record_bytes(&mut self, sent: u64, received: u64) {
-        self.sent += sent;
-        self.received += received;
+    /// Records the close, with the connection's final response flags.
+    pub fn close(self, response_flags: &str) {
+        counter!(CONNECTIONS_CLOSED, self.labels.to_labels(response_flags)).increment(1);
+        // The gauge is settled in Drop.
     }
 }
 
 impl Drop for ConnectionMetrics {
     fn drop(&mut self) {
-        let direction = self.direction;
-        gauge!(OPEN_CONNECTIONS, "direction" => direction).decrement(1.0);
-        counter!(CONNECTIONS_CLOSED, "direction" => direction).increment(1);
-        counter!(SENT_BYTES, "direction" => direction).increment(self.sent);
-        counter!(RECEIVED_BYTES, "direction" => direction).increment(self.received);
+        gauge!(OPEN_CONNECTIONS, "direction" => self.direction).decrement(1.0);
     }
 }
 
-/// Serves `/metrics` and keeps the recorder's histograms trimmed.
+/// Serves `/metrics` (and Istio's alias `/stats/prometheus`).
 pub async fn serve(server: HttpServer, handle: PrometheusHandle, drain: Drain) {
     let upkeep = handle.clone();
     let upkeep_drain = drain.clone();

@@ -24,6 +24,10 @@ pub const LISTENER_OUTBOUND: u32 = 0;
 pub const LISTENER_HBONE: u32 = 1;
 /// Index of the inbound plaintext listener (15006).
 pub const LISTENER_INBOUND_PLAIN: u32 = 2;
+/// HBONE's port: connections to an enrolled pod's IP on it go to the HBONE
+/// listener, any other port to the inbound plaintext listener.
+pub const HBONE_PORT: u16 = 15008;
+
 /// Number of slots in the `LISTENERS` sockmap.
 pub const LISTENER_SLOTS: u32 = 4;
 

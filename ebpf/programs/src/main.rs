@@ -2,11 +2,13 @@
 //!
 //! * `pod_ingress` runs on the node-side veth of every local pod, so it sees
 //!   every packet a pod sends. It steers enrolled pods' new TCP connections to
-//!   ztunnel's outbound listener, and every packet that belongs to a socket of
-//!   ztunnel's to that socket.
+//!   ztunnel's outbound listener, other pods' new connections to a local
+//!   enrolled pod to the inbound listeners, and every packet that belongs to
+//!   a socket of ztunnel's to that socket.
 //! * `node_ingress` runs on the node's other interfaces (the underlay). It
-//!   steers packets addressed to a local pod that belong to a ztunnel socket
-//!   (replies to connections ztunnel opened with the pod's address as source).
+//!   steers new connections to local enrolled pods to the inbound listeners
+//!   (HBONE for port 15008, plaintext otherwise), and packets addressed to a
+//!   local pod that belong to a ztunnel socket to that socket.
 //!
 //! Steering is `bpf_sk_assign` plus a mark; the node routes marked packets to
 //! `local` so the assigned socket receives them. Nothing is rewritten. See
@@ -14,7 +16,10 @@
 #![no_std]
 #![no_main]
 
-use ambit_ebpf_common::{CAPTURE_MARK, CAPTURE_MARK_MASK, LISTENER_OUTBOUND, LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo};
+use ambit_ebpf_common::{
+    CAPTURE_MARK, CAPTURE_MARK_MASK, HBONE_PORT, LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUND,
+    LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo,
+};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -88,12 +93,24 @@ fn try_pod_ingress(ctx: &TcContext) -> Verdict {
     if !seg.is_new_connection() {
         return Verdict::Pass;
     }
-    // SAFETY: the map value is a plain `PodInfo` that is only read here.
-    let enrolled = unsafe { PODS.get(&seg.saddr) }.is_some_and(PodInfo::enrolled);
-    if !enrolled {
-        return Verdict::Pass;
+    if enrolled(seg.saddr) {
+        return steer_to_listener(ctx, LISTENER_OUTBOUND);
     }
-    steer_to_listener(ctx, LISTENER_OUTBOUND)
+    if enrolled(seg.daddr) {
+        return steer_to_listener(ctx, inbound_listener(&seg));
+    }
+    Verdict::Pass
+}
+
+fn enrolled(addr: u32) -> bool {
+    // SAFETY: the map value is a plain `PodInfo` that is only read here.
+    unsafe { PODS.get(&addr) }.is_some_and(PodInfo::enrolled)
+}
+
+/// New connections to an enrolled pod: HBONE's port to the HBONE listener,
+/// any other to the plaintext one (which applies PeerAuthentication).
+fn inbound_listener(seg: &Segment) -> u32 {
+    if seg.dport == HBONE_PORT.to_be() { LISTENER_HBONE } else { LISTENER_INBOUND_PLAIN }
 }
 
 #[classifier]
@@ -109,7 +126,13 @@ fn try_node_ingress(ctx: &TcContext) -> Verdict {
     if unsafe { PODS.get(&seg.daddr) }.is_none() {
         return Verdict::Pass;
     }
-    steer_to_existing_socket(ctx, &seg).unwrap_or(Verdict::Pass)
+    if let Some(verdict) = steer_to_existing_socket(ctx, &seg) {
+        return verdict;
+    }
+    if seg.is_new_connection() && enrolled(seg.daddr) {
+        return steer_to_listener(ctx, inbound_listener(&seg));
+    }
+    Verdict::Pass
 }
 
 fn parse(ctx: &TcContext) -> Option<Segment> {

@@ -105,6 +105,17 @@ pub fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
     for_value.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
+/// The client address in a `forwarded` header, with port 0 when the
+/// header carries only an IP.
+pub fn parse_forwarded_addr(value: &str) -> Option<SocketAddr> {
+    let element = value.split(',').next()?;
+    let for_value = element.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("for").then_some(v.trim().trim_matches('"'))
+    })?;
+    for_value.parse::<SocketAddr>().ok().or_else(|| parse_forwarded_for(value).map(|ip| SocketAddr::new(ip, 0)))
+}
+
 /// A fresh W3C trace context: version 00, random trace and span ids, not sampled.
 pub fn new_traceparent() -> String {
     let trace: u128 = rand::random::<u128>().max(1);
@@ -140,6 +151,8 @@ mod tests {
         assert_eq!(parse_forwarded_for("for=\"[fd00::2]\""), Some("fd00::2".parse().unwrap()));
         assert_eq!(parse_forwarded_for("by=10.0.0.1"), None);
         assert_eq!(parse_forwarded_for("for=unknown"), None);
+        assert_eq!(parse_forwarded_addr(&forwarded_for(client)), Some(client));
+        assert_eq!(parse_forwarded_addr("for=10.1.0.3"), Some("10.1.0.3:0".parse().unwrap()));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use ambit_tests::require_root;
 use ambit_tests::sample::exchange;
 use ambit_tests::topology::{APP_PORT, Standard};
 
-use crate::support::{MIB, access_log, logged_source, opened};
+use crate::support::{MIB, access_log, access_log_in, logged_outbound_source, opened_outbound};
 
 /// Test 1: an enrolled pod moves 64 MiB each way to a pod on the other node
 /// and to one on its own node. The bytes arrive intact, the destination sees
@@ -44,17 +44,20 @@ async fn enrolled_pod_reaches_outside() {
     assert_eq!(log["dst.workload"], "-");
 }
 
-/// Test 4: a pod outside the mesh reaches every kind of destination
-/// directly; neither agent accepts, let alone logs, its connections.
+/// Test 4 (with issue 3's semantics): a pod outside the mesh is never
+/// captured where it runs: its node's agent accepts none of its
+/// connections. Its connections to enrolled pods are taken in at the
+/// destination, as plaintext from an unknown identity; others are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_enrolled_pod_is_untouched() {
+async fn non_enrolled_pod_is_not_captured_at_its_source() {
     require_root();
     let bed = Standard::start().await.unwrap();
     let client = bed.cluster.pod("n1-plain");
-    let before = [opened(&bed.cluster, 0).await, opened(&bed.cluster, 1).await];
+    let before = opened_outbound(&bed.cluster, 0).await;
     let destinations = [
         ("n2-a", bed.cluster.pod("n2-a").addr(APP_PORT)),
         ("n1-b", bed.cluster.pod("n1-b").addr(APP_PORT)),
+        ("n2-plain", bed.cluster.pod("n2-plain").addr(APP_PORT)),
         ("service", Standard::service_addr()),
         ("outside", bed.outside_addr()),
     ];
@@ -64,11 +67,21 @@ async fn non_enrolled_pod_is_untouched() {
     }
     // Capture hands a connection to ztunnel at its first packet, so a
     // captured connection would be counted before its exchange finished.
-    let after = [opened(&bed.cluster, 0).await, opened(&bed.cluster, 1).await];
-    assert_eq!(before, after, "a non-enrolled pod's connections reached ztunnel");
-    for node in 0..2 {
-        assert!(!logged_source(&bed.cluster, node, IpAddr::V4(client.ip)));
-    }
+    assert_eq!(opened_outbound(&bed.cluster, 0).await, before, "the source node captured a non-enrolled pod");
+    assert!(!logged_outbound_source(&bed.cluster, 0, IpAddr::V4(client.ip)));
+    // At the enrolled destinations it arrives as plaintext without identity.
+    let to_n2a = bed.cluster.pod("n2-a").addr(APP_PORT).to_string();
+    let log = access_log_in(&bed.cluster, 1, "inbound_plaintext", IpAddr::V4(client.ip), &to_n2a).await;
+    assert_eq!((log["src.identity"].as_str(), log["error"].as_str()), (Some("-"), Some("")));
+    let plain_dst = bed.cluster.pod("n2-plain").ip;
+    assert!(
+        !bed.cluster
+            .ztunnel(1)
+            .access_logs()
+            .iter()
+            .any(|r| r["dst.addr"].as_str().is_some_and(|d| d.starts_with(&format!("{plain_dst}:")))),
+        "a connection to a non-enrolled pod was captured"
+    );
 }
 
 /// A captured connection aimed at one of ztunnel's own ports is refused

@@ -8,6 +8,7 @@ mod capture;
 mod config;
 mod enrollment;
 mod fail_closed;
+mod hbone;
 mod scale;
 mod services;
 mod support;

@@ -31,13 +31,20 @@ pub async fn wait_capture_version(cluster: &Cluster, node: usize, version: u64) 
         .unwrap()
 }
 
-/// The access-log record for a connection from `src` to `dst`, waiting for it.
+/// The outbound access-log record for a connection from `src` to `dst`, waiting for it.
 pub async fn access_log(cluster: &Cluster, node: usize, src: IpAddr, dst: &str) -> Value {
+    access_log_in(cluster, node, "outbound", src, dst).await
+}
+
+/// The access-log record of `direction` (outbound, inbound,
+/// inbound_plaintext) for a connection from `src` to `dst`, waiting for it.
+pub async fn access_log_in(cluster: &Cluster, node: usize, direction: &str, src: IpAddr, dst: &str) -> Value {
     let src_prefix = format!("{src}:");
     cluster
         .ztunnel(node)
-        .wait_for_log(&format!("access log {src} → {dst}"), WAIT, |r| {
+        .wait_for_log(&format!("{direction} access log {src} → {dst}"), WAIT, |r| {
             r["target"] == "access"
+                && r["direction"] == direction
                 && r["src.addr"].as_str().is_some_and(|s| s.starts_with(&src_prefix))
                 && r["dst.addr"] == dst
         })
@@ -45,12 +52,21 @@ pub async fn access_log(cluster: &Cluster, node: usize, src: IpAddr, dst: &str) 
         .unwrap()
 }
 
-/// Whether any access-log line of node `node`'s agent has source `src`.
-pub fn logged_source(cluster: &Cluster, node: usize, src: IpAddr) -> bool {
+/// Whether any outbound access-log line of node `node`'s agent has source `src`.
+pub fn logged_outbound_source(cluster: &Cluster, node: usize, src: IpAddr) -> bool {
     let src_prefix = format!("{src}:");
     cluster
         .ztunnel(node)
         .access_logs()
         .iter()
-        .any(|r| r["src.addr"].as_str().is_some_and(|s| s.starts_with(&src_prefix)))
+        .any(|r| r["direction"] == "outbound" && r["src.addr"].as_str().is_some_and(|s| s.starts_with(&src_prefix)))
+}
+
+/// Outbound connections node `node`'s agent has accepted so far.
+pub async fn opened_outbound(cluster: &Cluster, node: usize) -> f64 {
+    ambit_tests::http::metric_sum(
+        &metrics(cluster, node).await,
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "source")],
+    )
 }

@@ -19,8 +19,6 @@ use ambit_ebpf_common::{POD_ENROLLED, PodInfo};
 use mesh::config::Snapshot;
 use serde::Serialize;
 
-pub use ambit_ebpf_common::LISTENER_OUTBOUND;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("bpffs at {0}: {1}")]

@@ -1,18 +1,21 @@
-//! Why a proxied connection failed, whose fault that was, and how it shows
-//! up in access logs and metrics (Envoy's response flags, which Istio's
-//! dashboards already understand).
+//! Why a proxied connection failed, whose fault that was, whether a retry
+//! could help, and how it shows in access logs and the `response_flags`
+//! label. Flags are Envoy's where one fits (UF, UH, NR, DC); a policy
+//! denial is `DENY` and a connection closed by a policy change `REVOKED`.
 
 use std::io;
 use std::net::SocketAddr;
 
+use mesh::hbone::HboneError;
+
 /// Who caused a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// The client asked for something impossible or went away.
+    /// The client asked for something impossible, is not allowed, or went away.
     Downstream,
     /// The destination refused, timed out or has no endpoints.
     Upstream,
-    /// A bug or resource problem in the agent.
+    /// A problem in the agent itself (certificates, sockets).
     Internal,
 }
 
@@ -24,41 +27,81 @@ pub enum ProxyError {
     UnknownServicePort { vip: std::net::IpAddr, port: u16 },
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },
+    #[error("the source {0} is not a known workload")]
+    UnknownSource(std::net::IpAddr),
+    #[error("{0} is not an enrolled workload on this node")]
+    UnknownDestination(std::net::IpAddr),
+    #[error("CONNECT to {authority} arrived on {arrived}")]
+    AuthorityMismatch { authority: SocketAddr, arrived: SocketAddr },
+    #[error("authorization {0}")]
+    Denied(String),
+    #[error("the destination's ztunnel denied the connection (HBONE 401)")]
+    DeniedByPeer,
+    #[error("plaintext refused: PeerAuthentication is STRICT for port {0}")]
+    PlaintextRefused(u16),
     #[error("connect to {addr} failed: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
+    #[error("HBONE to {addr}: {source}")]
+    Hbone { addr: SocketAddr, source: HboneError },
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    #[error("{0}")]
+    Certificate(#[from] crate::identity::CertError),
     #[error("cannot create upstream socket: {0}")]
     Socket(io::Error),
     #[error("connection reset while copying: {0}")]
     Copy(io::Error),
+    #[error("closed: authorization policy now denies it")]
+    Revoked,
 }
 
 impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
-            Self::SelfTarget(_) | Self::UnknownServicePort { .. } => Fault::Downstream,
-            Self::NoEndpoints { .. } | Self::Connect { .. } | Self::ConnectTimeout { .. } => Fault::Upstream,
-            Self::Socket(_) => Fault::Internal,
+            Self::SelfTarget(_)
+            | Self::UnknownServicePort { .. }
+            | Self::UnknownSource(_)
+            | Self::UnknownDestination(_)
+            | Self::AuthorityMismatch { .. }
+            | Self::Denied(_)
+            | Self::DeniedByPeer
+            | Self::PlaintextRefused(_)
+            | Self::Handshake(_)
+            | Self::Revoked
             // A reset mid-stream may come from either side; the client sees it
-            // either way, so count it against the downstream like Envoy's DC.
-            Self::Copy(_) => Fault::Downstream,
+            // either way, so it counts against the downstream, like Envoy's DC.
+            | Self::Copy(_) => Fault::Downstream,
+            Self::NoEndpoints { .. } | Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Hbone { .. } => {
+                Fault::Upstream
+            }
+            Self::Certificate(_) | Self::Socket(_) => Fault::Internal,
         }
     }
 
-    /// Whether a client retrying the same request could succeed.
+    /// Whether the client retrying could succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_))
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_) | Self::Certificate(_))
+            || matches!(self, Self::Hbone { source, .. } if !source.is_denied())
     }
 
-    /// Envoy response flag for access logs and the `response_flags` label.
+    /// Envoy-style response flag for access logs and `response_flags`.
     pub fn response_flag(&self) -> &'static str {
         match self {
-            Self::SelfTarget(_) | Self::UnknownServicePort { .. } => "NR",
+            Self::SelfTarget(_) | Self::UnknownServicePort { .. } | Self::UnknownDestination(_) => "NR",
             Self::NoEndpoints { .. } => "UH",
-            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_) => "UF",
+            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_) | Self::Hbone { .. } => "UF",
+            Self::Certificate(_) | Self::Handshake(_) | Self::UnknownSource(_) | Self::AuthorityMismatch { .. } => "UF",
+            Self::Denied(_) | Self::DeniedByPeer | Self::PlaintextRefused(_) => "DENY",
+            Self::Revoked => "REVOKED",
             Self::Copy(_) => "DC",
         }
+    }
+
+    /// An HBONE failure, sorted: a 401 from the peer is a policy denial.
+    pub fn from_hbone(addr: SocketAddr, source: HboneError) -> Self {
+        if source.is_denied() { Self::DeniedByPeer } else { Self::Hbone { addr, source } }
     }
 }
 
@@ -70,15 +113,16 @@ mod tests {
     fn faults_and_flags() {
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let refused = ProxyError::Connect { addr, source: io::ErrorKind::ConnectionRefused.into() };
-        assert_eq!(refused.fault(), Fault::Upstream);
-        assert!(refused.retryable());
-        assert_eq!(refused.response_flag(), "UF");
+        assert_eq!((refused.fault(), refused.retryable(), refused.response_flag()), (Fault::Upstream, true, "UF"));
         let own = ProxyError::SelfTarget(addr);
-        assert_eq!(own.fault(), Fault::Downstream);
-        assert!(!own.retryable());
-        assert_eq!(own.response_flag(), "NR");
+        assert_eq!((own.fault(), own.retryable(), own.response_flag()), (Fault::Downstream, false, "NR"));
         let empty = ProxyError::NoEndpoints { service: "shop/web".into() };
         assert_eq!(empty.response_flag(), "UH");
         assert_eq!(empty.to_string(), "service shop/web has no endpoints");
+        let denied = ProxyError::from_hbone(addr, HboneError::Status(http::StatusCode::UNAUTHORIZED));
+        assert_eq!((denied.fault(), denied.retryable(), denied.response_flag()), (Fault::Downstream, false, "DENY"));
+        let unavailable = ProxyError::from_hbone(addr, HboneError::Status(http::StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!((unavailable.fault(), unavailable.retryable()), (Fault::Upstream, true));
+        assert_eq!(ProxyError::Revoked.response_flag(), "REVOKED");
     }
 }

@@ -1,13 +1,23 @@
-//! The data path. Each listener has the same shape: `new()` binds and fails
+//! The data path. Every listener has the same shape: `new()` binds and fails
 //! fast, `address()` reports where, `run(self, drain)` accepts until drained.
 //!
-//! * [`outbound`]: captured connections from local enrolled pods.
+//! * [`outbound`]: captured connections from local enrolled pods: to an
+//!   enrolled destination over HBONE, to anything else in plaintext.
+//! * [`inbound`]: HBONE (mTLS + CONNECT) to local enrolled pods, port 15008.
+//! * [`inbound_plain`]: plaintext to local enrolled pods from outside the
+//!   mesh, subject to PeerAuthentication and authorization.
 //!
-//! Every connection gets one tracing span and, when it ends, exactly one
-//! line on the `access` target.
+//! Every connection gets one tracing span and ends with exactly one line on
+//! the `access` target ([`record`]).
 
+mod connections;
 mod error;
+mod hbone_dial;
+pub mod inbound;
+pub mod inbound_plain;
 pub mod outbound;
+mod record;
+mod relay;
 mod socket;
 
 use std::collections::HashSet;
@@ -16,14 +26,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use connections::Connections;
 pub use error::ProxyError;
+pub use hbone_dial::HboneDialer;
+use mesh::config::{Snapshot, Workload};
+use mesh::hbone::pool::Pool;
 
+use crate::identity::CertManager;
 use crate::state::State;
 
 /// What every connection handler needs, shared by all of them.
 #[derive(Debug)]
 pub struct ProxyContext {
+    pub node: String,
+    pub trust_domain: String,
     pub state: State,
+    pub certs: CertManager,
+    pub pool: Pool,
+    /// Inbound connections, re-checked against every new policy.
+    pub connections: Connections,
     /// Ports the agent itself listens on; captured connections to them are refused.
     pub own_ports: Vec<u16>,
     pub connect_timeout: Duration,
@@ -32,12 +53,26 @@ pub struct ProxyContext {
     next_id: AtomicU64,
 }
 
+/// How a [`ProxyContext`] is made.
+#[derive(Debug)]
+pub struct ContextSettings {
+    pub node: String,
+    pub trust_domain: String,
+    pub own_ports: Vec<u16>,
+    pub connect_timeout: Duration,
+}
+
 impl ProxyContext {
-    pub fn new(state: State, own_ports: Vec<u16>, connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(settings: ContextSettings, state: State, certs: CertManager, pool: Pool) -> Arc<Self> {
         Arc::new(Self {
+            node: settings.node,
+            trust_domain: settings.trust_domain,
             state,
-            own_ports,
-            connect_timeout,
+            certs,
+            pool,
+            connections: Connections::default(),
+            own_ports: settings.own_ports,
+            connect_timeout: settings.connect_timeout,
             local_addresses: RwLock::default(),
             next_id: AtomicU64::new(1),
         })
@@ -60,8 +95,13 @@ impl ProxyContext {
             || self.local_addresses.read().is_ok_and(|local| local.contains(&addr.ip()))
     }
 
-    /// A process-unique connection id for spans and access logs.
+    /// A process-unique id for spans and access logs.
     fn connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// The enrolled workload at `ip` on node `node`, if there is one.
+pub fn local_enrolled<'a>(snapshot: &'a Snapshot, node: &str, ip: IpAddr) -> Option<&'a Workload> {
+    snapshot.workload_by_ip(ip).filter(|w| w.node == node && snapshot.is_enrolled(w))
 }

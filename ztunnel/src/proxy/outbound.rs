@@ -2,27 +2,33 @@
 //! `pod_ingress` eBPF program. The accepted socket's local address is the
 //! client's original destination.
 //!
-//! Phases, in order: accept → resolve (service VIP → endpoint; refuse our
-//! own ports) → connect (as the client pod where the reply path allows) →
-//! copy both ways → access log.
+//! Phases, in order:
+//! 1. accept;
+//! 2. resolve: refuse our own ports; a service VIP becomes one endpoint;
+//! 3. choose the way: HBONE (as the client's identity, to the destination
+//!    pod's IP on 15008) when the destination is enrolled, plaintext
+//!    otherwise (as the client pod where replies can come back, else as the
+//!    node);
+//! 4. copy both ways;
+//! 5. log.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Instant;
 
-use mesh::config::Snapshot;
+use mesh::config::{Snapshot, Workload};
 use mesh::drain::Drain;
+use mesh::hbone::headers::{PeerInfo, connect_headers};
+use mesh::hbone::pool::PoolKey;
 use mesh::http_server::BindError;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
-use super::{ProxyContext, ProxyError, socket};
-use crate::metrics::ConnectionMetrics;
-
-/// Copy buffer per direction. Large enough that a bulk transfer moves in
-/// few syscalls; small enough for thousands of concurrent connections.
-const COPY_BUFFER: usize = 64 * 1024;
+use super::record::{Record, peer_labels};
+use super::relay::{RelayEnd, relay};
+use super::{ProxyContext, ProxyError, hbone_dial, socket};
+use crate::metrics::ConnectionLabels;
 
 #[derive(Debug)]
 pub struct Outbound {
@@ -65,39 +71,29 @@ impl Outbound {
     }
 }
 
-/// Where a connection goes and as whom.
-#[derive(Debug, Default)]
-struct Route {
-    upstream: Option<SocketAddr>,
-    /// The address to connect from; `None` for the node's own.
-    source: Option<IpAddr>,
-    src_workload: Option<String>,
-    dst_workload: Option<String>,
-    dst_service: Option<String>,
+/// Where a connection goes.
+#[derive(Debug)]
+enum Upstream {
+    /// Plain TCP, from `source` (`None`: the node's own address).
+    Plain { addr: SocketAddr, source: Option<IpAddr> },
+    /// An HBONE stream to `authority` over a pooled connection for `key`.
+    Hbone { key: PoolKey, authority: SocketAddr, peer: PeerInfo },
 }
 
 async fn handle(ctx: Arc<ProxyContext>, downstream: TcpStream, peer: SocketAddr) {
-    let id = ctx.connection_id();
     let Ok(orig_dst) = downstream.local_addr() else { return };
-    let span = info_span!("outbound", id, src = %peer, dst = %orig_dst);
+    let span = info_span!("outbound", id = ctx.connection_id(), src = %peer, dst = %orig_dst);
     async move {
-        let started = Instant::now();
-        let mut metrics = ConnectionMetrics::open("outbound");
+        let mut record = Record::new("outbound", peer, orig_dst);
         let current = ctx.state.current();
-        let mut route = Route::default();
-        let result = match resolve(&ctx, &current.snapshot, peer, orig_dst, &mut route) {
-            Ok(()) => forward(&ctx, downstream, &route).await,
+        let result = match resolve(&ctx, &current.snapshot, peer, orig_dst, &mut record) {
+            Ok(upstream) => forward(&ctx, downstream, upstream, &record).await,
             Err(error) => {
                 socket::reset_on_close(&downstream);
                 Err(error)
             }
         };
-        let (sent, received) = *result.as_ref().unwrap_or(&(0, 0));
-        metrics.record_bytes(sent, received);
-        // Close the books before logging: whoever reads the access line can
-        // rely on the connection no longer counting as open.
-        drop(metrics);
-        access_log(peer, orig_dst, &route, sent, received, started, result.err());
+        record.finish(result);
     }
     .instrument(span)
     .await;
@@ -108,83 +104,116 @@ fn resolve(
     snapshot: &Snapshot,
     peer: SocketAddr,
     orig_dst: SocketAddr,
-    route: &mut Route,
-) -> Result<(), ProxyError> {
-    route.src_workload = snapshot.workload_by_ip(peer.ip()).map(|w| w.qualified_name());
+    record: &mut Record,
+) -> Result<Upstream, ProxyError> {
+    let source = snapshot.workload_by_ip(peer.ip());
+    record.src_workload = source.map(Workload::qualified_name);
+    record.src_identity = source.map(|w| w.identity(&ctx.trust_domain));
     if ctx.is_own_address(orig_dst) {
         return Err(ProxyError::SelfTarget(orig_dst));
     }
-    let upstream = if snapshot.is_vip(orig_dst.ip()) {
+    let mut service = None;
+    let upstream_addr = if snapshot.is_vip(orig_dst.ip()) {
         let target = snapshot
             .service_target(orig_dst.ip(), orig_dst.port())
             .ok_or(ProxyError::UnknownServicePort { vip: orig_dst.ip(), port: orig_dst.port() })?;
-        let service = format!("{}/{}", target.service.namespace, target.service.name);
-        route.dst_service = Some(target.service.hostname());
-        target.pick_endpoint(orig_dst.ip()).ok_or(ProxyError::NoEndpoints { service })?
+        let s = target.service;
+        record.dst_service = Some(s.hostname());
+        service = Some((s.hostname(), s.name.clone(), s.namespace.clone()));
+        target
+            .pick_endpoint(orig_dst.ip())
+            .ok_or_else(|| ProxyError::NoEndpoints { service: format!("{}/{}", s.namespace, s.name) })?
     } else {
         orig_dst
     };
-    let destination = snapshot.workload_by_ip(upstream.ip());
-    route.dst_workload = destination.map(|w| w.qualified_name());
+    record.upstream = Some(upstream_addr);
+    let destination = snapshot.workload_by_ip(upstream_addr.ip());
+    record.dst_workload = destination.map(Workload::qualified_name);
+    let enrolled = destination.filter(|w| snapshot.is_enrolled(w));
+    if let Some(dst) = enrolled {
+        let src = source.ok_or(ProxyError::UnknownSource(peer.ip()))?;
+        let key = PoolKey {
+            src: src.identity(&ctx.trust_domain),
+            dst: dst.identity(&ctx.trust_domain),
+            next_hop: hbone_dial::next_hop(upstream_addr.ip()),
+        };
+        record.dst_identity = Some(key.dst.clone());
+        record.open_metrics(labels(source, enrolled, record, service, "mutual_tls"));
+        return Ok(Upstream::Hbone { key, authority: upstream_addr, peer: baggage_of(src) });
+    }
+    record.open_metrics(labels(source, destination, record, service, "unknown"));
     // Connect as the client pod only towards pods: their replies come back
     // through a capture program (the pod's veth here, or this node's
     // underlay), which hands them to our socket. Replies from outside the
     // cluster would not, so those connections leave from the node's own
     // address, as masquerading would make them. A pod reaching itself
     // (hairpin through a service) cannot be its own source.
-    if destination.is_some() && upstream.ip() != peer.ip() {
-        route.source = Some(peer.ip());
-    }
-    route.upstream = Some(upstream);
-    Ok(())
+    let spoof = destination.is_some() && upstream_addr.ip() != peer.ip();
+    Ok(Upstream::Plain { addr: upstream_addr, source: spoof.then_some(peer.ip()) })
 }
 
-async fn forward(ctx: &ProxyContext, mut downstream: TcpStream, route: &Route) -> Result<(u64, u64), ProxyError> {
-    let Some(upstream_addr) = route.upstream else { return Ok((0, 0)) };
-    let mut upstream = match socket::connect(upstream_addr, route.source, ctx.connect_timeout).await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            socket::reset_on_close(&downstream);
-            return Err(error);
+fn labels(
+    source: Option<&Workload>,
+    destination: Option<&Workload>,
+    record: &Record,
+    service: Option<(String, String, String)>,
+    security_policy: &'static str,
+) -> ConnectionLabels {
+    ConnectionLabels {
+        reporter: "source",
+        source: peer_labels(source, record.src_identity.as_ref()),
+        destination: peer_labels(destination, record.dst_identity.as_ref()),
+        service,
+        security_policy,
+    }
+}
+
+/// The `baggage` a source workload's tunnels carry.
+fn baggage_of(w: &Workload) -> PeerInfo {
+    PeerInfo {
+        cluster: Some("Kubernetes".to_owned()),
+        namespace: Some(w.namespace.clone()),
+        workload: Some(w.workload_name().to_owned()),
+        service: Some(w.canonical_service().to_owned()),
+        version: Some(w.canonical_revision().to_owned()),
+    }
+}
+
+async fn forward(
+    ctx: &ProxyContext,
+    mut downstream: TcpStream,
+    upstream: Upstream,
+    record: &Record,
+) -> Result<(), ProxyError> {
+    let _ = downstream.set_nodelay(true);
+    let counters = record.byte_counters();
+    let never = CancellationToken::new();
+    let end = match upstream {
+        Upstream::Plain { addr, source } => {
+            let mut stream = match socket::connect(addr, source, ctx.connect_timeout).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    socket::reset_on_close(&downstream);
+                    return Err(error);
+                }
+            };
+            relay(&mut downstream, &mut stream, &record.totals, &counters, &never).await
+        }
+        Upstream::Hbone { key, authority, peer } => {
+            let headers = connect_headers(record.src, &peer);
+            let mut stream = match ctx.pool.connect(&key, authority, headers).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    socket::reset_on_close(&downstream);
+                    return Err(ProxyError::from_hbone(authority, error));
+                }
+            };
+            relay(&mut downstream, &mut stream, &record.totals, &counters, &never).await
         }
     };
-    let _ = downstream.set_nodelay(true);
-    tokio::io::copy_bidirectional_with_sizes(&mut downstream, &mut upstream, COPY_BUFFER, COPY_BUFFER)
-        .await
-        .map_err(ProxyError::Copy)
-}
-
-fn access_log(
-    peer: SocketAddr,
-    orig_dst: SocketAddr,
-    route: &Route,
-    sent: u64,
-    received: u64,
-    started: Instant,
-    error: Option<ProxyError>,
-) {
-    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-    let upstream = route.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string());
-    let (error_text, flags, fault, retryable) = match &error {
-        Some(e) => (e.to_string(), e.response_flag(), format!("{:?}", e.fault()).to_lowercase(), e.retryable()),
-        None => (String::new(), "-", String::new(), false),
-    };
-    info!(
-        target: "access",
-        direction = "outbound",
-        src.addr = %peer,
-        src.workload = %or_dash(&route.src_workload),
-        dst.addr = %orig_dst,
-        dst.service = %or_dash(&route.dst_service),
-        dst.workload = %or_dash(&route.dst_workload),
-        upstream = %upstream,
-        bytes_sent = sent,
-        bytes_recv = received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        response_flags = flags,
-        error = %error_text,
-        error.fault = %fault,
-        error.retryable = retryable,
-        "connection complete"
-    );
+    match end {
+        RelayEnd::Done => Ok(()),
+        RelayEnd::Failed(error) => Err(ProxyError::Copy(error)),
+        RelayEnd::Cancelled => Err(ProxyError::Revoked),
+    }
 }

@@ -53,6 +53,22 @@ fn upstream_socket(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSoc
     Ok(TcpSocket::from_std_stream(socket.into()))
 }
 
+/// A TCP connection for HBONE to `hop` (a pod IP, port 15008). Towards a
+/// pod on this node the socket carries the capture mark and leaves from
+/// 127.0.0.1: policy routing then delivers it to our own HBONE listener,
+/// which sees it arrive for the pod's address as a remote connection would.
+pub(super) async fn connect_hbone(hop: SocketAddr, local_pod: bool) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(hop), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if local_pod {
+        socket.set_mark(ambit_ebpf_common::CAPTURE_MARK)?;
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    }
+    let stream = TcpSocket::from_std_stream(socket.into()).connect(hop).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 fn set_transparent(socket: &Socket, family_of: IpAddr) -> io::Result<()> {
     match family_of {
         IpAddr::V4(_) => socket.set_ip_transparent_v4(true),

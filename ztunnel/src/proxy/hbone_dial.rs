@@ -1,0 +1,65 @@
+//! How the HBONE pool reaches a peer: TCP to the destination pod's IP on
+//! port 15008 (the destination node captures it), then TLS as the source
+//! workload's identity, accepting only the destination's. A destination
+//! pod on this very node is reached through our own HBONE listener: the
+//! socket carries the capture mark, so policy routing delivers it locally.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh::hbone::HboneError;
+use mesh::hbone::pool::{DialFuture, Dialer, Io, PoolKey};
+use mesh::tls;
+use tokio_rustls::TlsConnector;
+
+use super::socket;
+use crate::identity::CertManager;
+use crate::state::State;
+
+#[derive(Clone, Debug)]
+pub struct HboneDialer {
+    pub certs: CertManager,
+    pub state: State,
+    pub node: String,
+    pub connect_timeout: Duration,
+}
+
+impl HboneDialer {
+    fn is_local_pod(&self, ip: IpAddr) -> bool {
+        self.state.current().snapshot.workload_by_ip(ip).is_some_and(|w| w.node == self.node)
+    }
+}
+
+impl Dialer for HboneDialer {
+    fn dial(&self, key: &PoolKey) -> DialFuture {
+        let this = self.clone();
+        let key = key.clone();
+        Box::pin(async move { this.dial_key(key).await })
+    }
+}
+
+impl HboneDialer {
+    async fn dial_key(self, key: PoolKey) -> Result<Box<dyn Io>, HboneError> {
+        let hop = key.next_hop;
+        let cert =
+            self.certs.get(&key.src).await.map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
+        let config = tls::client_config(&cert.cert, self.certs.trust(), vec![key.dst.clone()])
+            .map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
+        let local = self.is_local_pod(hop.ip());
+        let tcp = tokio::time::timeout(self.connect_timeout, socket::connect_hbone(hop, local))
+            .await
+            .map_err(|_| HboneError::Connect { addr: hop, source: std::io::ErrorKind::TimedOut.into() })?
+            .map_err(|source| HboneError::Connect { addr: hop, source })?;
+        let tls = TlsConnector::from(Arc::clone(&config))
+            .connect(tls::server_name(hop.ip()), tcp)
+            .await
+            .map_err(|source| HboneError::Tls { addr: hop, source })?;
+        Ok(Box::new(tls))
+    }
+}
+
+/// The next hop for a destination pod.
+pub(super) fn next_hop(pod: IpAddr) -> SocketAddr {
+    SocketAddr::new(pod, mesh::hbone::HBONE_PORT)
+}

@@ -1,0 +1,229 @@
+//! Inbound HBONE (port 15008): tunnels to local enrolled pods, steered here
+//! by capture (`node_ingress`, or policy routing for same-node tunnels).
+//!
+//! Per TCP connection: the address it arrived for names the destination
+//! pod; TLS is accepted with that pod's identity and must present a client
+//! certificate from our trust domain. Per CONNECT stream, in order:
+//! 1. the authority's IP must be the arrival address (else 400);
+//! 2. it must be a local enrolled workload (else 503);
+//! 3. authorization, with the peer's proven identity (else 401);
+//! 4. connect to the pod as the original client (else 503), answer 200;
+//! 5. copy both ways until done, or until policy stops allowing it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use mesh::authz::ConnectionInfo;
+use mesh::drain::Drain;
+use mesh::hbone::headers::{self, BAGGAGE, PeerInfo};
+use mesh::hbone::server::{self, ConnectRequest, Responder};
+use mesh::http_server::BindError;
+use mesh::identity::Identity;
+use mesh::tls;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span};
+
+use super::connections::Tracked;
+use super::record::{Record, peer_labels};
+use super::relay::{RelayEnd, relay};
+use super::{ProxyContext, ProxyError, local_enrolled, socket};
+use crate::metrics::{ConnectionLabels, POLICY_CLOSED};
+
+/// A client that opens TCP but never finishes TLS is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Inbound {
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+}
+
+impl Inbound {
+    pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
+        let listener =
+            socket::transparent_listener(addr).map_err(|source| BindError { name: "hbone", addr, source })?;
+        Ok(Self { listener, ctx })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    pub async fn run(self, drain: Drain) {
+        info!(listener = "hbone", address = %self.address(), "listening");
+        loop {
+            let accepted = tokio::select! {
+                () = drain.signaled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let span = info_span!("inbound", id = self.ctx.connection_id(), src = %peer);
+                    drain.spawn(handle_connection(self.ctx.clone(), tcp, peer, drain.clone()).instrument(span));
+                }
+                Err(error) => debug!(listener = "hbone", %error, "accept failed"),
+            }
+        }
+    }
+}
+
+async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
+    let Ok(arrived) = tcp.local_addr() else { return };
+    let rejected = |error: ProxyError| Record::new("inbound", peer, arrived).finish(Err(error));
+    let snapshot = ctx.state.current();
+    let Some(destination) = local_enrolled(&snapshot.snapshot, &ctx.node, arrived.ip()) else {
+        return rejected(ProxyError::UnknownDestination(arrived.ip()));
+    };
+    let certified = match ctx.certs.get(&destination.identity(&ctx.trust_domain)).await {
+        Ok(certified) => certified,
+        Err(error) => return rejected(error.into()),
+    };
+    let handshake = TlsAcceptor::from(certified.server.clone()).accept(tcp);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => return rejected(ProxyError::Handshake(error)),
+        Err(_) => return rejected(ProxyError::Handshake(std::io::ErrorKind::TimedOut.into())),
+    };
+    // Client certificates are mandatory, so a finished handshake has one.
+    let Some(client) = tls::peer_identity(tls.get_ref().1) else { return };
+    let streams = drain.clone();
+    let handler = move |request: ConnectRequest, responder: Responder| {
+        let span = info_span!("stream", authority = %request.authority);
+        handle_stream(ctx.clone(), arrived, peer, client.clone(), request, responder).instrument(span)
+    };
+    if let Err(error) = server::serve_connection(tls, streams, handler).await {
+        debug!(%error, "HBONE connection ended with an error");
+    }
+}
+
+async fn handle_stream(
+    ctx: Arc<ProxyContext>,
+    arrived: SocketAddr,
+    tcp_peer: SocketAddr,
+    client: Identity,
+    request: ConnectRequest,
+    responder: Responder,
+) {
+    let forwarded = request.headers.get(headers::FORWARDED).and_then(|v| v.to_str().ok());
+    let src = forwarded.and_then(headers::parse_forwarded_addr).unwrap_or(SocketAddr::new(tcp_peer.ip(), 0));
+    let mut record = Record::new("inbound", src, request.authority);
+    record.src_identity = Some(client.clone());
+    if request.authority.ip() != arrived.ip() {
+        responder.reject(StatusCode::BAD_REQUEST);
+        return record.finish(Err(ProxyError::AuthorityMismatch { authority: request.authority, arrived }));
+    }
+    let current = ctx.state.current();
+    let snapshot = &current.snapshot;
+    let Some(destination) = local_enrolled(snapshot, &ctx.node, request.authority.ip()) else {
+        responder.reject(StatusCode::SERVICE_UNAVAILABLE);
+        return record.finish(Err(ProxyError::UnknownDestination(request.authority.ip())));
+    };
+    let source = snapshot.workload_by_ip(src.ip());
+    record.src_workload = source.map(mesh::config::Workload::qualified_name);
+    record.dst_workload = Some(destination.qualified_name());
+    record.dst_identity = Some(destination.identity(&ctx.trust_domain));
+    record.open_metrics(ConnectionLabels {
+        reporter: "destination",
+        source: peer_labels(source, Some(&client)),
+        destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
+        service: snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone())),
+        security_policy: "mutual_tls",
+    });
+    let info = ConnectionInfo {
+        src_identity: Some(&client),
+        src_ip: src.ip(),
+        dst_ip: request.authority.ip(),
+        dst_port: request.authority.port(),
+    };
+    let decision = snapshot.authorizer().authorize(destination, &info);
+    if !decision.is_allowed() {
+        responder.reject(StatusCode::UNAUTHORIZED);
+        return record.finish(Err(ProxyError::Denied(decision.to_string())));
+    }
+    let mut upstream = match connect_local(&ctx, request.authority, src.ip()).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            responder.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return record.finish(Err(error));
+        }
+    };
+    record.upstream = Some(request.authority);
+    let Ok(mut tunnel) = responder.accept(baggage_headers(destination)) else {
+        return record.finish(Err(ProxyError::Copy(std::io::ErrorKind::ConnectionReset.into())));
+    };
+    let tracked = Tracked {
+        src_identity: Some(client),
+        src_ip: src.ip(),
+        dst_ip: request.authority.ip(),
+        dst_port: request.authority.port(),
+        plaintext: false,
+        cancel: CancellationToken::new(),
+    };
+    let result = relay_tracked(&ctx, &record, tracked, &mut tunnel, &mut upstream).await;
+    if matches!(result, Err(ProxyError::Revoked)) {
+        tunnel.reset(h2::Reason::CANCEL);
+    }
+    record.finish(result);
+}
+
+/// The success response's `baggage`: who the destination is.
+fn baggage_headers(w: &mesh::config::Workload) -> HeaderMap {
+    let peer = PeerInfo {
+        cluster: Some("Kubernetes".to_owned()),
+        namespace: Some(w.namespace.clone()),
+        workload: Some(w.workload_name().to_owned()),
+        service: Some(w.canonical_service().to_owned()),
+        version: Some(w.canonical_revision().to_owned()),
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&peer.to_baggage()) {
+        headers.insert(BAGGAGE, value);
+    }
+    headers
+}
+
+/// Connects to a local pod as `client` (its original address, so the pod
+/// sees who really called), or as the node when the pod calls itself.
+pub(super) async fn connect_local(
+    ctx: &ProxyContext,
+    pod: SocketAddr,
+    client: IpAddr,
+) -> Result<TcpStream, ProxyError> {
+    let source = (client != pod.ip()).then_some(client);
+    socket::connect(pod, source, ctx.connect_timeout).await
+}
+
+/// Relays while registered for revocation: if a policy change comes to
+/// deny the connection, it is closed (the pod side with RST).
+pub(super) async fn relay_tracked<D>(
+    ctx: &ProxyContext,
+    record: &Record,
+    tracked: Tracked,
+    downstream: &mut D,
+    upstream: &mut TcpStream,
+) -> Result<(), ProxyError>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let cancel = tracked.cancel.clone();
+    let _registration = ctx.connections.register(ctx.connection_id(), tracked);
+    match relay(downstream, upstream, &record.totals, &record.byte_counters(), &cancel).await {
+        RelayEnd::Done => Ok(()),
+        RelayEnd::Failed(error) => Err(ProxyError::Copy(error)),
+        RelayEnd::Cancelled => {
+            socket::reset_on_close(upstream);
+            metrics::counter!(POLICY_CLOSED).increment(1);
+            Err(ProxyError::Revoked)
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Inbound plaintext: connections to local enrolled pods from outside the
+//! mesh (pods not enrolled, hosts beyond the cluster), steered here by
+//! capture. The peer has no verified identity.
+//!
+//! Phases, in order: PeerAuthentication (STRICT refuses, PERMISSIVE goes
+//! on); authorization with an unknown identity; connect to the pod as the
+//! original client; copy both ways until done or until policy revokes it.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use mesh::authz::ConnectionInfo;
+use mesh::drain::Drain;
+use mesh::http_server::BindError;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span};
+
+use super::connections::Tracked;
+use super::inbound::{connect_local, relay_tracked};
+use super::record::{Record, peer_labels};
+use super::{ProxyContext, ProxyError, local_enrolled, socket};
+use crate::metrics::ConnectionLabels;
+
+#[derive(Debug)]
+pub struct InboundPlain {
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+}
+
+impl InboundPlain {
+    pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
+        let listener = socket::transparent_listener(addr).map_err(|source| BindError {
+            name: "inbound plaintext",
+            addr,
+            source,
+        })?;
+        Ok(Self { listener, ctx })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    pub async fn run(self, drain: Drain) {
+        info!(listener = "inbound plaintext", address = %self.address(), "listening");
+        loop {
+            let accepted = tokio::select! {
+                () = drain.signaled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    drain.spawn(handle(self.ctx.clone(), stream, peer));
+                }
+                Err(error) => debug!(listener = "inbound plaintext", %error, "accept failed"),
+            }
+        }
+    }
+}
+
+async fn handle(ctx: Arc<ProxyContext>, mut downstream: TcpStream, peer: SocketAddr) {
+    let Ok(dst) = downstream.local_addr() else { return };
+    let span = info_span!("inbound_plaintext", id = ctx.connection_id(), src = %peer, dst = %dst);
+    async move {
+        let mut record = Record::new("inbound_plaintext", peer, dst);
+        let result = serve(&ctx, &mut downstream, &mut record).await;
+        if result.is_err() {
+            socket::reset_on_close(&downstream);
+        }
+        record.finish(result);
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Record) -> Result<(), ProxyError> {
+    let (peer, dst) = (record.src, record.dst);
+    let current = ctx.state.current();
+    let snapshot = &current.snapshot;
+    let destination = local_enrolled(snapshot, &ctx.node, dst.ip()).ok_or(ProxyError::UnknownDestination(dst.ip()))?;
+    let source = snapshot.workload_by_ip(peer.ip());
+    record.src_workload = source.map(mesh::config::Workload::qualified_name);
+    record.dst_workload = Some(destination.qualified_name());
+    record.dst_identity = Some(destination.identity(&ctx.trust_domain));
+    record.open_metrics(ConnectionLabels {
+        reporter: "destination",
+        source: peer_labels(source, None),
+        destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
+        service: snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone())),
+        security_policy: "unknown",
+    });
+    let authorizer = snapshot.authorizer();
+    if !authorizer.plaintext_allowed(destination, dst.port()) {
+        return Err(ProxyError::PlaintextRefused(dst.port()));
+    }
+    let info = ConnectionInfo { src_identity: None, src_ip: peer.ip(), dst_ip: dst.ip(), dst_port: dst.port() };
+    let decision = authorizer.authorize(destination, &info);
+    if !decision.is_allowed() {
+        return Err(ProxyError::Denied(decision.to_string()));
+    }
+    let mut upstream = connect_local(ctx, dst, peer.ip()).await?;
+    record.upstream = Some(dst);
+    let tracked = Tracked {
+        src_identity: None,
+        src_ip: peer.ip(),
+        dst_ip: dst.ip(),
+        dst_port: dst.port(),
+        plaintext: true,
+        cancel: CancellationToken::new(),
+    };
+    relay_tracked(ctx, record, tracked, downstream, &mut upstream).await
+}

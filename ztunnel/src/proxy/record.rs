@@ -1,0 +1,123 @@
+//! One record per proxied connection (or HBONE stream): it opens the
+//! connection's metrics once the peers are known, collects what the data
+//! path learns, and on finish closes the metrics and writes exactly one
+//! line to the `access` target. Fields, in order: direction, source
+//! (address, workload, identity), destination (address, service, workload,
+//! identity), upstream, bytes (`bytes_sent`: towards the destination,
+//! `bytes_recv`: back from it), duration, response flags, error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mesh::config::Workload;
+use mesh::identity::Identity;
+use tracing::info;
+
+use super::ProxyError;
+use super::relay::Totals;
+use crate::metrics::{ByteCounters, ConnectionLabels, ConnectionMetrics, PeerLabels};
+
+#[derive(Debug)]
+pub(super) struct Record {
+    direction: &'static str,
+    started: Instant,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    pub src_workload: Option<String>,
+    pub src_identity: Option<Identity>,
+    pub dst_workload: Option<String>,
+    pub dst_identity: Option<Identity>,
+    pub dst_service: Option<String>,
+    metrics: Option<ConnectionMetrics>,
+    pub totals: Arc<Totals>,
+}
+
+impl Record {
+    pub fn new(direction: &'static str, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self {
+            direction,
+            started: Instant::now(),
+            src,
+            dst,
+            upstream: None,
+            src_workload: None,
+            src_identity: None,
+            dst_workload: None,
+            dst_identity: None,
+            dst_service: None,
+            metrics: None,
+            totals: Arc::default(),
+        }
+    }
+
+    /// Opens the connection's metrics, labelled with what is known now.
+    pub fn open_metrics(&mut self, labels: ConnectionLabels) {
+        self.metrics = Some(ConnectionMetrics::open(self.direction, labels));
+    }
+
+    /// Live byte counters; a no-op pair if metrics were never opened.
+    pub fn byte_counters(&self) -> ByteCounters {
+        self.metrics
+            .as_ref()
+            .map(|m| m.bytes.clone())
+            .unwrap_or_else(|| ByteCounters { sent: metrics::Counter::noop(), received: metrics::Counter::noop() })
+    }
+
+    /// Closes the metrics, then logs: a reader of the access line may rely
+    /// on the connection no longer counting as open.
+    pub fn finish(mut self, result: Result<(), ProxyError>) {
+        let (sent, received) = self.totals.get();
+        let flags = result.as_ref().err().map_or("-", ProxyError::response_flag);
+        if let Some(metrics) = self.metrics.take() {
+            metrics.close(flags);
+        }
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        let id_or_dash = |v: &Option<Identity>| v.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
+        let (error, fault, retryable) = match &result {
+            Err(e) => (e.to_string(), format!("{:?}", e.fault()).to_lowercase(), e.retryable()),
+            Ok(()) => (String::new(), String::new(), false),
+        };
+        info!(
+            target: "access",
+            direction = self.direction,
+            src.addr = %self.src,
+            src.workload = %or_dash(&self.src_workload),
+            src.identity = %id_or_dash(&self.src_identity),
+            dst.addr = %self.dst,
+            dst.service = %or_dash(&self.dst_service),
+            dst.workload = %or_dash(&self.dst_workload),
+            dst.identity = %id_or_dash(&self.dst_identity),
+            upstream = %self.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            bytes_sent = received,
+            bytes_recv = sent,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            response_flags = flags,
+            error = %error,
+            error.fault = %fault,
+            error.retryable = retryable,
+            "connection complete"
+        );
+    }
+}
+
+/// Telemetry's view of a workload.
+pub(super) fn peer_labels(workload: Option<&Workload>, identity: Option<&Identity>) -> PeerLabels {
+    let Some(w) = workload else {
+        return PeerLabels {
+            principal: identity.map(Identity::principal),
+            namespace: identity.map(|i| i.namespace.clone()),
+            ..Default::default()
+        };
+    };
+    PeerLabels {
+        workload: Some(w.workload_name().to_owned()),
+        namespace: Some(w.namespace.clone()),
+        principal: identity.map(Identity::principal),
+        app: w.labels.get("app").cloned(),
+        version: w.labels.get("version").cloned(),
+        canonical_service: Some(w.canonical_service().to_owned()),
+        canonical_revision: Some(w.canonical_revision().to_owned()),
+    }
+}
