@@ -254,6 +254,11 @@ impl Cluster {
         &self.config
     }
 
+    /// The config to change; [`Cluster::write_config`] publishes it.
+    pub fn config_mut(&mut self) -> &mut MeshConfig {
+        &mut self.config
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("mesh.yaml")
     }

@@ -52,3 +52,28 @@ pub async fn connect(
     let tls = TlsConnector::from(Arc::clone(&config)).connect(tls::server_name(hop.ip()), tcp).await?;
     Ok(tls)
 }
+
+/// HTTP/2 over an established TLS stream, with the mesh's settings; the
+/// connection is driven by a spawned task.
+pub async fn h2(tls: TlsStream<TcpStream>) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
+    let (send, connection) = mesh::hbone::settings::client_builder().handshake(tls).await?;
+    tokio::spawn(connection);
+    Ok(send)
+}
+
+/// Sends a CONNECT for `uri` (normally `ip:port`) and returns the status,
+/// or the stream error if the server reset it instead of answering.
+pub async fn connect_status(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    uri: &str,
+) -> Result<http::StatusCode, h2::Error> {
+    let ready = send.clone().ready().await?;
+    *send = ready;
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(uri)
+        .body(())
+        .map_err(|_| h2::Reason::INTERNAL_ERROR)?;
+    let (response, _stream) = send.send_request(request, false)?;
+    Ok(response.await?.status())
+}

@@ -31,6 +31,8 @@ pub struct Standard {
     pub cluster: Cluster,
     /// Sample servers by pod name, plus `outside`.
     pub servers: HashMap<String, Server>,
+    /// The config version the agents run (1 at start).
+    version: u64,
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -40,7 +42,13 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
 impl Standard {
     /// Builds the topology, starts both agents and every sample server.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Like [`Standard::start`], with extra ztunnel flags for both agents.
+    pub async fn start_with_args(ztunnel_args: &[&str]) -> anyhow::Result<Self> {
         let mut cluster = Cluster::new(2, true)?;
+        cluster.extra_args = ztunnel_args.iter().map(|a| (*a).to_owned()).collect();
         cluster.set_namespace_labels(MESH_NAMESPACE, labels(&[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT)]));
         cluster.set_namespace_labels(LEGACY_NAMESPACE, Labels::new());
         for (node, prefix) in [(0, "n1"), (1, "n2")] {
@@ -74,7 +82,25 @@ impl Standard {
             servers.insert("outside".into(), Server::start(&outside.netns, "outside", addr)?);
         }
         cluster.start_all_ztunnels().await?;
-        Ok(Self { cluster, servers })
+        Ok(Self { cluster, servers, version: 1 })
+    }
+
+    /// Changes the config, writes it, and waits until both agents have
+    /// applied it (capture, certificates and policies). Returns the version.
+    pub async fn apply(&mut self, change: impl FnOnce(&mut mesh::config::MeshConfig)) -> anyhow::Result<u64> {
+        change(self.cluster.config_mut());
+        self.cluster.write_config()?;
+        self.version += 1;
+        let version = self.version;
+        for node in 0..self.cluster.nodes.len() {
+            self.cluster
+                .ztunnel(node)
+                .wait_for_log(&format!("config version {version} in effect"), std::time::Duration::from_secs(20), |r| {
+                    r["message"] == "capture updated" && r["version"].as_u64() >= Some(version)
+                })
+                .await?;
+        }
+        Ok(version)
     }
 
     pub fn server(&self, name: &str) -> &Server {

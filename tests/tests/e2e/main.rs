@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail the test on error")]
 
+mod authz;
 mod capture;
 mod config;
 mod enrollment;
 mod fail_closed;
 mod hbone;
+mod hostile;
 mod scale;
 mod services;
 mod support;
+mod telemetry;

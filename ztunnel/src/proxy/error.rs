@@ -47,6 +47,8 @@ pub enum ProxyError {
     Hbone { addr: SocketAddr, source: HboneError },
     #[error("TLS handshake failed: {0}")]
     Handshake(io::Error),
+    #[error("HBONE protocol error from the client: {0}")]
+    Protocol(HboneError),
     #[error("{0}")]
     Certificate(#[from] crate::identity::CertError),
     #[error("cannot create upstream socket: {0}")]
@@ -69,6 +71,7 @@ impl ProxyError {
             | Self::DeniedByPeer
             | Self::PlaintextRefused(_)
             | Self::Handshake(_)
+            | Self::Protocol(_)
             | Self::Revoked
             // A reset mid-stream may come from either side; the client sees it
             // either way, so it counts against the downstream, like Envoy's DC.
@@ -95,6 +98,7 @@ impl ProxyError {
             Self::Certificate(_) | Self::Handshake(_) | Self::UnknownSource(_) | Self::AuthorityMismatch { .. } => "UF",
             Self::Denied(_) | Self::DeniedByPeer | Self::PlaintextRefused(_) => "DENY",
             Self::Revoked => "REVOKED",
+            Self::Protocol(_) => "DPE",
             Self::Copy(_) => "DC",
         }
     }

@@ -102,7 +102,8 @@ async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketA
         handle_stream(ctx.clone(), arrived, peer, client.clone(), request, responder).instrument(span)
     };
     if let Err(error) = server::serve_connection(tls, streams, handler).await {
-        debug!(%error, "HBONE connection ended with an error");
+        // Its streams have their own lines; this one is for the connection.
+        Record::new("inbound", peer, arrived).finish(Err(ProxyError::Protocol(error)));
     }
 }
 
@@ -132,11 +133,13 @@ async fn handle_stream(
     record.src_workload = source.map(mesh::config::Workload::qualified_name);
     record.dst_workload = Some(destination.qualified_name());
     record.dst_identity = Some(destination.identity(&ctx.trust_domain));
+    let service = snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
+    record.dst_service = service.as_ref().map(|s| s.0.clone());
     record.open_metrics(ConnectionLabels {
         reporter: "destination",
         source: peer_labels(source, Some(&client)),
         destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
-        service: snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone())),
+        service,
         security_policy: "mutual_tls",
     });
     let info = ConnectionInfo {

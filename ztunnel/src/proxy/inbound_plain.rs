@@ -88,11 +88,13 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
     record.src_workload = source.map(mesh::config::Workload::qualified_name);
     record.dst_workload = Some(destination.qualified_name());
     record.dst_identity = Some(destination.identity(&ctx.trust_domain));
+    let service = snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
+    record.dst_service = service.as_ref().map(|s| s.0.clone());
     record.open_metrics(ConnectionLabels {
         reporter: "destination",
         source: peer_labels(source, None),
         destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
-        service: snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone())),
+        service,
         security_policy: "unknown",
     });
     let authorizer = snapshot.authorizer();
