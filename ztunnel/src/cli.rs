@@ -139,25 +139,29 @@ mod tests {
     const ARGS: &[&str] =
         &["ztunnel", "--node", "n1", "--config", "/c.yaml", "--ca-cert", "/ca.pem", "--ca-key", "/ca.key"];
 
-    #[test]
-    fn defaults_and_overrides() {
-        let s = Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml"]).unwrap();
-        assert_eq!(s.outbound_addr, "127.0.0.1:15001".parse().unwrap());
-        assert_eq!(s.bpf_pin_dir(), PathBuf::from("/sys/fs/bpf/ambit/n1"));
-        assert_eq!(s.drain_grace, Duration::from_secs(5));
-        assert_eq!(s.own_ports(), [15001, 15021, 15020, 15000]);
-        let s = Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml", "--drain-grace", "250ms"])
-            .unwrap();
-        assert_eq!(s.drain_grace, Duration::from_millis(250));
+    fn with(extra: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(ARGS.iter().chain(extra))
     }
 
     #[test]
-    fn bad_duration_is_named() {
-        let err =
-            Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml", "--connect-timeout", "soon"])
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("--connect-timeout"), "{err}");
-        assert!(err.contains("soon"), "{err}");
+    fn defaults_and_overrides() {
+        let s = with(&[]).unwrap();
+        assert_eq!(s.outbound_addr, "127.0.0.1:15001".parse().unwrap());
+        assert_eq!(s.bpf_pin_dir(), PathBuf::from("/sys/fs/bpf/ambit/n1"));
+        assert_eq!(s.drain_grace, Duration::from_secs(5));
+        assert_eq!(
+            (s.trust_domain.as_str(), s.cert_ttl, s.pool_streams),
+            ("cluster.local", Duration::from_secs(86400), 100)
+        );
+        assert_eq!(s.own_ports(), [15001, 15008, 15006, 15021, 15020, 15000]);
+        assert_eq!(with(&["--drain-grace", "250ms"]).unwrap().drain_grace, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = with(&["--connect-timeout", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("--connect-timeout") && err.contains("soon"), "{err}");
+        let err = Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml"]).unwrap_err().to_string();
+        assert!(err.contains("--ca-cert"), "{err}");
     }
 }

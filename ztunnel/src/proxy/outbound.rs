@@ -76,8 +76,17 @@ impl Outbound {
 enum Upstream {
     /// Plain TCP, from `source` (`None`: the node's own address).
     Plain { addr: SocketAddr, source: Option<IpAddr> },
-    /// An HBONE stream to `authority` over a pooled connection for `key`.
-    Hbone { key: PoolKey, authority: SocketAddr, peer: PeerInfo },
+    /// An HBONE stream over a pooled connection.
+    Hbone(Box<HboneRoute>),
+}
+
+/// An HBONE stream to `authority` over a pooled connection for `key`,
+/// announcing the client as `peer`.
+#[derive(Debug)]
+struct HboneRoute {
+    key: PoolKey,
+    authority: SocketAddr,
+    peer: PeerInfo,
 }
 
 async fn handle(ctx: Arc<ProxyContext>, downstream: TcpStream, peer: SocketAddr) {
@@ -139,7 +148,7 @@ fn resolve(
         };
         record.dst_identity = Some(key.dst.clone());
         record.open_metrics(labels(source, enrolled, record, service, "mutual_tls"));
-        return Ok(Upstream::Hbone { key, authority: upstream_addr, peer: baggage_of(src) });
+        return Ok(Upstream::Hbone(Box::new(HboneRoute { key, authority: upstream_addr, peer: baggage_of(src) })));
     }
     record.open_metrics(labels(source, destination, record, service, "unknown"));
     // Connect as the client pod only towards pods: their replies come back
@@ -199,7 +208,8 @@ async fn forward(
             };
             relay(&mut downstream, &mut stream, &record.totals, &counters, &never).await
         }
-        Upstream::Hbone { key, authority, peer } => {
+        Upstream::Hbone(route) => {
+            let HboneRoute { key, authority, peer } = *route;
             let headers = connect_headers(record.src, &peer);
             let mut stream = match ctx.pool.connect(&key, authority, headers).await {
                 Ok(stream) => stream,
