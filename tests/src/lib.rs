@@ -15,6 +15,7 @@ pub mod http;
 pub mod netns;
 pub mod pcap;
 pub mod sample;
+pub mod sample_http;
 pub mod topology;
 pub mod ztunnel;
 

@@ -28,6 +28,20 @@ enum Task {
     },
     /// Bring up a local two-node mesh, show capture at work, clean up on Ctrl-C.
     Demo,
+    /// Run a benchmark against release builds and record it in BENCHMARKS.md.
+    Bench {
+        #[arg(value_enum)]
+        suite: Suite,
+        /// Extra arguments for the benchmark binary (e.g. `--runs 5`).
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Suite {
+    /// ztunnel's L4 tunnel against direct pod-to-pod.
+    L4,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,7 +49,22 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
+        Task::Bench { suite: Suite::L4, bench_args } => bench_l4(&bench_args),
     }
+}
+
+fn bench_l4(bench_args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    setup::oha()?;
+    sweep::stale_test_leftovers()?;
+    cmd::cargo(&["build", "--release", "--bins", "--quiet"])?;
+    let release = cmd::root().join("target/release");
+    cmd::run(
+        std::process::Command::new(release.join("ambit-bench"))
+            .args(bench_args)
+            .env("AMBIT_BIN_DIR", &release)
+            .current_dir(cmd::root()),
+    )
 }
 
 fn test(cargo_args: &[String]) -> anyhow::Result<()> {

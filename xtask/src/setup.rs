@@ -15,6 +15,7 @@ use crate::cmd;
 
 const DEBIAN_PACKAGES: &[&str] = &["nftables", "bpftool", "iperf3", "tcpdump", "iproute2", "util-linux"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const OHA_VERSION: &str = "1";
 
 pub fn run() -> anyhow::Result<()> {
     if !is_root()? {
@@ -60,6 +61,16 @@ fn bpf_linker() -> anyhow::Result<()> {
             .args(["--features", &format!("llvm-{major}")])
             .env("LLVM_PREFIX", &prefix),
     )
+}
+
+/// oha, the HTTP load generator the benchmarks drive (`cargo install`,
+/// pinned so results stay comparable).
+pub fn oha() -> anyhow::Result<()> {
+    let oha = cargo_bin("oha");
+    if oha.exists() && Command::new(&oha).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    cmd::run(Command::new("cargo").args(["install", "oha", "--locked", "--version", OHA_VERSION]))
 }
 
 /// `LLVM version: 22.1.4` → 22.

@@ -91,6 +91,11 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 
+    /// Threads that run the data path. Each connection's work stays on one
+    /// thread; more threads add cross-thread wakeups, fewer limit CPU.
+    #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+
     /// Log filter, `tracing` EnvFilter syntax; changeable at run time through
     /// the admin endpoint.
     #[arg(long, env = "AMBIT_LOG", default_value = "info")]

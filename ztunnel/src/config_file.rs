@@ -48,6 +48,14 @@ pub struct ConfigWatcher {
     _watcher: notify::RecommendedWatcher,
 }
 
+/// Whether an event in the watched directory can change the file. Access
+/// events (open, read, close without writing) must not count: reloading
+/// opens the file, and reacting to that would reload forever.
+fn could_change_contents(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    matches!(kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
+}
+
 impl ConfigWatcher {
     pub fn new(path: &Path, loaded_text: String) -> Result<Self, LoadError> {
         let watch_error = |source| LoadError::Watch { path: path.to_owned(), source };
@@ -55,7 +63,7 @@ impl ConfigWatcher {
         // Capacity one: events arriving while a reload is pending coalesce.
         let (tx, events) = mpsc::channel(1);
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| could_change_contents(&e.kind)) {
                 let _ = tx.try_send(());
             }
         })
@@ -111,5 +119,19 @@ impl ConfigWatcher {
         metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);
         let version = state.current().version;
         error!(%error, kept_version = version, "config rejected; keeping the last good config");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn only_changes_trigger_reloads() {
+        assert!(super::could_change_contents(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(super::could_change_contents(&EventKind::Create(CreateKind::File)));
+        assert!(!super::could_change_contents(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
+        assert!(!super::could_change_contents(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
     }
 }

@@ -19,7 +19,10 @@ fn main() -> anyhow::Result<()> {
     let settings = cli::Settings::parse();
     let log_level = telemetry::init(&settings.log_level, settings.log_format)?;
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads.max(1))
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(app::run(settings, log_level));
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "ztunnel failed");

@@ -9,6 +9,7 @@
 //! * [`server`]: accepting CONNECT streams and answering them.
 
 pub mod client;
+pub mod copy;
 pub mod headers;
 pub mod pool;
 pub mod server;

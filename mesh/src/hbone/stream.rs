@@ -42,13 +42,20 @@ impl H2Stream {
         self
     }
 
+    /// The stream's halves, data already received but not read, and the
+    /// guard (keep it alive while using the halves).
+    #[allow(clippy::type_complexity, reason = "a plain tuple of the parts")]
+    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes, Option<Box<dyn Send + Sync>>) {
+        (self.send, self.recv, self.pending, self._guard)
+    }
+
     /// Abandons the stream with RST_STREAM instead of a clean end.
     pub fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);
     }
 }
 
-fn to_io(error: h2::Error) -> io::Error {
+pub(super) fn to_io(error: h2::Error) -> io::Error {
     if error.is_io() {
         return error.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
     }

@@ -23,7 +23,6 @@ use mesh::hbone::server::{self, ConnectRequest, Responder};
 use mesh::http_server::BindError;
 use mesh::identity::Identity;
 use mesh::tls;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +30,7 @@ use tracing::{Instrument as _, debug, info, info_span};
 
 use super::connections::Tracked;
 use super::record::{Record, peer_labels};
-use super::relay::{RelayEnd, relay};
+use super::relay::{ClientSide, RelayEnd, relay, relay_tunnel};
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
 use crate::metrics::{ConnectionLabels, POLICY_CLOSED};
 
@@ -161,7 +160,7 @@ async fn handle_stream(
         }
     };
     record.upstream = Some(request.authority);
-    let Ok(mut tunnel) = responder.accept(baggage_headers(destination)) else {
+    let Ok(tunnel) = responder.accept(baggage_headers(destination)) else {
         return record.finish(Err(ProxyError::Copy(std::io::ErrorKind::ConnectionReset.into())));
     };
     let tracked = Tracked {
@@ -172,10 +171,9 @@ async fn handle_stream(
         plaintext: false,
         cancel: CancellationToken::new(),
     };
-    let result = relay_tracked(&ctx, &record, tracked, &mut tunnel, &mut upstream).await;
-    if matches!(result, Err(ProxyError::Revoked)) {
-        tunnel.reset(h2::Reason::CANCEL);
-    }
+    // On revocation the tunnel's halves are dropped unfinished, which
+    // resets the stream (RST_STREAM CANCEL).
+    let result = relay_tracked(&ctx, &record, tracked, Downstream::Tunnel(tunnel), &mut upstream).await;
     record.finish(result);
 }
 
@@ -206,21 +204,31 @@ pub(super) async fn connect_local(
     socket::connect(pod, source, ctx.connect_timeout).await
 }
 
+/// The client's side of an inbound connection.
+pub(super) enum Downstream<'a> {
+    Tunnel(mesh::hbone::H2Stream),
+    Plain(&'a mut TcpStream),
+}
+
 /// Relays while registered for revocation: if a policy change comes to
 /// deny the connection, it is closed (the pod side with RST).
-pub(super) async fn relay_tracked<D>(
+pub(super) async fn relay_tracked(
     ctx: &ProxyContext,
     record: &Record,
     tracked: Tracked,
-    downstream: &mut D,
+    downstream: Downstream<'_>,
     upstream: &mut TcpStream,
-) -> Result<(), ProxyError>
-where
-    D: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Result<(), ProxyError> {
     let cancel = tracked.cancel.clone();
     let _registration = ctx.connections.register(ctx.connection_id(), tracked);
-    match relay(downstream, upstream, &record.totals, &record.byte_counters(), &cancel).await {
+    let counters = record.byte_counters();
+    let end = match downstream {
+        Downstream::Tunnel(tunnel) => {
+            relay_tunnel(&mut *upstream, tunnel, ClientSide::Tunnel, &record.totals, &counters, &cancel).await
+        }
+        Downstream::Plain(socket) => relay(socket, upstream, &record.totals, &counters, &cancel).await,
+    };
+    match end {
         RelayEnd::Done => Ok(()),
         RelayEnd::Failed(error) => Err(ProxyError::Copy(error)),
         RelayEnd::Cancelled => {

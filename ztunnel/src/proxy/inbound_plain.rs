@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
 use super::connections::Tracked;
-use super::inbound::{connect_local, relay_tracked};
+use super::inbound::{Downstream, connect_local, relay_tracked};
 use super::record::{Record, peer_labels};
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
 use crate::metrics::ConnectionLabels;
@@ -116,5 +116,5 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
         plaintext: true,
         cancel: CancellationToken::new(),
     };
-    relay_tracked(ctx, record, tracked, downstream, &mut upstream).await
+    relay_tracked(ctx, record, tracked, Downstream::Plain(downstream), &mut upstream).await
 }

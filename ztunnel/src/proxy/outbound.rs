@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
 use super::record::{Record, peer_labels};
-use super::relay::{RelayEnd, relay};
+use super::relay::{ClientSide, RelayEnd, relay, relay_tunnel};
 use super::{ProxyContext, ProxyError, hbone_dial, socket};
 use crate::metrics::ConnectionLabels;
 
@@ -211,14 +211,14 @@ async fn forward(
         Upstream::Hbone(route) => {
             let HboneRoute { key, authority, peer } = *route;
             let headers = connect_headers(record.src, &peer);
-            let mut stream = match ctx.pool.connect(&key, authority, headers).await {
+            let stream = match ctx.pool.connect(&key, authority, headers).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     socket::reset_on_close(&downstream);
                     return Err(ProxyError::from_hbone(authority, error));
                 }
             };
-            relay(&mut downstream, &mut stream, &record.totals, &counters, &never).await
+            relay_tunnel(&mut downstream, stream, ClientSide::Socket, &record.totals, &counters, &never).await
         }
     };
     match end {

@@ -99,3 +99,46 @@ where
         () = cancel.cancelled() => RelayEnd::Cancelled,
     }
 }
+
+/// Which end of a tunnel relay is the client.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ClientSide {
+    /// The TCP socket is the client's (outbound).
+    Socket,
+    /// The HBONE stream is the client's (inbound).
+    Tunnel,
+}
+
+/// Like [`relay`], between a socket and an HBONE stream, without the
+/// generic copy's intermediate buffers (see `mesh::hbone::copy`).
+pub(super) async fn relay_tunnel<S>(
+    socket: S,
+    tunnel: mesh::hbone::H2Stream,
+    client: ClientSide,
+    totals: &Arc<Totals>,
+    metrics: &crate::metrics::ByteCounters,
+    cancel: &CancellationToken,
+) -> RelayEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let from_client = |n: u64| {
+        totals.received.fetch_add(n, Ordering::Relaxed);
+        metrics.received.increment(n);
+    };
+    let to_client = |n: u64| {
+        totals.sent.fetch_add(n, Ordering::Relaxed);
+        metrics.sent.increment(n);
+    };
+    let (from_socket, from_tunnel): (&(dyn Fn(u64) + Sync), &(dyn Fn(u64) + Sync)) = match client {
+        ClientSide::Socket => (&from_client, &to_client),
+        ClientSide::Tunnel => (&to_client, &from_client),
+    };
+    tokio::select! {
+        result = mesh::hbone::copy::relay(socket, tunnel, from_socket, from_tunnel) => match result {
+            Ok(()) => RelayEnd::Done,
+            Err(error) => RelayEnd::Failed(error),
+        },
+        () = cancel.cancelled() => RelayEnd::Cancelled,
+    }
+}

@@ -1,0 +1,87 @@
+//! Copying between a byte stream (TCP to a pod) and an HBONE stream without
+//! intermediate copies: socket reads land in a `BytesMut` whose frozen
+//! chunks go to h2 as DATA payloads, and h2's received payloads are written
+//! to the socket as they are. The generic `AsyncRead`/`AsyncWrite` path
+//! ([`super::H2Stream`]) costs two extra memcpys per byte; at tunnel speeds
+//! on a busy node that is a measurable share of the CPU (see BENCHMARKS.md).
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::H2Stream;
+
+/// Read size from the socket. Large reads mean fewer syscalls and wakeups
+/// per byte, and DATA frames that fill TLS records.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Told about bytes as they pass (totals, live metrics).
+pub type Tally<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// Copies both ways between `io` and `stream` until both directions end;
+/// each half-closes its destination when its source ends. `from_io`
+/// counts bytes read from `io`, `from_stream` bytes received on the tunnel.
+pub async fn relay<IO>(io: IO, stream: H2Stream, from_io: Tally<'_>, from_stream: Tally<'_>) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (send, recv, pending, _guard) = stream.into_parts();
+    let (mut read_half, mut write_half) = tokio::io::split(io);
+    let up = io_to_h2(&mut read_half, send, from_io);
+    let down = h2_to_io(recv, pending, &mut write_half, from_stream);
+    let (up, down) = tokio::join!(up, down);
+    up.and(down)
+}
+
+async fn io_to_h2<R: AsyncRead + Unpin>(io: &mut R, mut send: SendStream<Bytes>, tally: Tally<'_>) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if buf.capacity() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = io.read_buf(&mut buf).await?;
+        if n == 0 {
+            // Half-close: END_STREAM, as the TCP peer sent FIN.
+            return match send.send_data(Bytes::new(), true) {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_reset() || e.is_go_away() => Ok(()),
+                Err(e) => Err(super::stream::to_io(e)),
+            };
+        }
+        tally(n as u64);
+        let mut chunk = buf.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?
+                .map_err(super::stream::to_io)?;
+            if granted == 0 {
+                continue;
+            }
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(super::stream::to_io)?;
+        }
+    }
+}
+
+async fn h2_to_io<W: AsyncWrite + Unpin>(
+    mut recv: RecvStream,
+    pending: Bytes,
+    io: &mut W,
+    tally: Tally<'_>,
+) -> io::Result<()> {
+    if !pending.is_empty() {
+        tally(pending.len() as u64);
+        io.write_all(&pending).await?;
+    }
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(super::stream::to_io)?;
+        let _ = recv.flow_control().release_capacity(data.len());
+        tally(data.len() as u64);
+        io.write_all(&data).await?;
+    }
+    io.shutdown().await
+}

@@ -1,0 +1,191 @@
+//! `cargo xtask bench l4`: ambit's tunnel against direct pod-to-pod, in the
+//! same topology and the same run. Direct is `n1-plain` → `n2-plain` (not
+//! enrolled); the tunnel is `n1-a` → `n2-a` (enrolled, cross-node HBONE).
+//! Each figure is the median over alternating runs, and every comparison is
+//! a ratio (or difference) to direct measured minutes apart, because this
+//! machine's speed drifts. Writes a table into BENCHMARKS.md.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::unwrap_used, reason = "a benchmark reports to its user")]
+
+mod measure;
+mod procstat;
+mod report;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ambit_tests::sample::exchange;
+use ambit_tests::sample_http::HttpResponder;
+use ambit_tests::topology::{APP_PORT, Standard};
+use clap::Parser;
+use measure::{Latency, Load};
+use report::{Pair, Report};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Alternating runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per throughput and load run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Markdown file to write the results into.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+    /// Extra ztunnel flags (repeatable), for tuning experiments.
+    #[arg(long = "ztunnel-arg", allow_hyphen_values = true)]
+    ztunnel_args: Vec<String>,
+    /// Only these measurements (throughput, echo, connect, http); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+}
+
+const HTTP_PORT: u16 = 8081;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    ambit_tests::require_root();
+    let args = Args::parse();
+    let ztunnel_args: Vec<&str> = args.ztunnel_args.iter().map(String::as_str).collect();
+    let bed = Standard::start_with_args(&ztunnel_args).await?;
+    let paths = Paths::new(&bed);
+    let _http = [
+        HttpResponder::start(&bed.cluster.pod("n2-plain").netns, paths.http(false), 1024)?,
+        HttpResponder::start(&bed.cluster.pod("n2-a").netns, paths.http(true), 1024)?,
+    ];
+    // Warm the HBONE pool so per-connection figures measure a warm pool.
+    for tunnel in [false, true] {
+        let (client, server) = paths.pods(&bed, tunnel);
+        exchange(&client.netns, "warmup", server.addr(APP_PORT), 1024, 1024).await?;
+    }
+    let pids = [bed.cluster.ztunnel(0).pid().unwrap_or(0), bed.cluster.ztunnel(1).pid().unwrap_or(0)];
+    let mut report = Report::new(args.runs);
+
+    if args.wants("throughput") {
+        println!("throughput (iperf3, {} s per run)…", args.seconds);
+        report.throughput = paired(&args, pids, |tunnel| {
+            let (client, server) = paths.pods(&bed, tunnel);
+            async move { measure::iperf(&client.netns, &server.netns, IpAddr::V4(server.ip), args.seconds).await }
+        })
+        .await?;
+        println!("  {:?} vs {:?} Gbit/s", report.throughput.direct, report.throughput.tunnel);
+    }
+    if args.wants("echo") {
+        println!("64 B echo latency…");
+        report.echo = paired_latency(&args, pids, |tunnel| {
+            let (client, server) = paths.pods(&bed, tunnel);
+            async move { measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000).await }
+        })
+        .await?;
+    }
+    if args.wants("connect") {
+        println!("new connections…");
+        report.connect = paired_latency(&args, pids, |tunnel| {
+            let (client, server) = paths.pods(&bed, tunnel);
+            async move { measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000).await }
+        })
+        .await?;
+    }
+    let http_runs: Vec<(&str, Vec<&str>)> = if args.wants("http") {
+        vec![
+            ("fixed", vec!["-c", "8", "-q", "2000"]),
+            ("max", vec!["-c", "16"]),
+            ("new_connections", vec!["-c", "16", "--disable-keepalive"]),
+        ]
+    } else {
+        Vec::new()
+    };
+    for (name, flags) in http_runs {
+        println!("1 KB HTTP, {name}…");
+        let load = paired_load(&args, pids, |tunnel| {
+            let (client, _) = paths.pods(&bed, tunnel);
+            let url = format!("http://{}/", paths.http(tunnel));
+            let flags = flags.clone();
+            async move { measure::oha(&client.netns, &url, args.seconds, &flags).await }
+        })
+        .await?;
+        report.http.push((name, load));
+    }
+    report.rss = pids.map(procstat::rss_mib);
+    let markdown = report.markdown(&machine());
+    println!("\n{markdown}");
+    report::write_section(&args.output, &markdown)?;
+    println!("written to {}", args.output.display());
+    Ok(())
+}
+
+/// Which pods each side uses.
+struct Paths {
+    direct_http: SocketAddr,
+    tunnel_http: SocketAddr,
+}
+
+impl Paths {
+    fn new(bed: &Standard) -> Self {
+        Self {
+            direct_http: SocketAddr::new(IpAddr::V4(bed.cluster.pod("n2-plain").ip), HTTP_PORT),
+            tunnel_http: SocketAddr::new(IpAddr::V4(bed.cluster.pod("n2-a").ip), HTTP_PORT),
+        }
+    }
+
+    fn pods<'a>(
+        &self,
+        bed: &'a Standard,
+        tunnel: bool,
+    ) -> (&'a ambit_tests::cluster::Pod, &'a ambit_tests::cluster::Pod) {
+        if tunnel {
+            (bed.cluster.pod("n1-a"), bed.cluster.pod("n2-a"))
+        } else {
+            (bed.cluster.pod("n1-plain"), bed.cluster.pod("n2-plain"))
+        }
+    }
+
+    fn http(&self, tunnel: bool) -> SocketAddr {
+        if tunnel { self.tunnel_http } else { self.direct_http }
+    }
+}
+
+/// Runs `measure` for direct and tunnel, alternating, `runs` times each,
+/// recording the agents' CPU during the tunnel runs.
+async fn paired<T, F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<T>>
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut pair = Pair::default();
+    for _ in 0..args.runs {
+        pair.direct.push(measure(false).await?);
+        let before = procstat::sample(pids);
+        pair.tunnel.push(measure(true).await?);
+        pair.usage.push(procstat::usage(&before, &procstat::sample(pids)));
+    }
+    Ok(pair)
+}
+
+async fn paired_latency<F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<Latency>>
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Latency>>,
+{
+    paired(args, pids, measure).await
+}
+
+async fn paired_load<F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<Load>>
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Load>>,
+{
+    paired(args, pids, measure).await
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, Linux {}", kernel.trim())
+}
