@@ -28,10 +28,10 @@ const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: String, cause: std::io::Error },
     #[error("invalid CA certificate or key: {0}")]
     InvalidRoot(String),
     #[error("invalid certificate signing request: {0}")]
@@ -112,7 +112,7 @@ impl CertificateAuthority {
 
     pub fn from_files(trust_domain: &str, cert: &Path, key: &Path) -> Result<Self, CaError> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| CaError::Read { path: path.display().to_string(), source })
+            std::fs::read_to_string(path).map_err(|cause| CaError::Read { path: path.display().to_string(), cause })
         };
         Self::from_pem(trust_domain, &read(cert)?, &read(key)?)
     }
@@ -120,7 +120,7 @@ impl CertificateAuthority {
     /// Writes the root certificate and its key (mode 0600) for local runs.
     pub fn write_files(&self, cert: &Path, key: &Path) -> Result<(), CaError> {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let write_error = |path: &Path, source| CaError::Write { path: path.display().to_string(), source };
+        let write_error = |path: &Path, cause| CaError::Write { path: path.display().to_string(), cause };
         std::fs::write(cert, &self.root_pem).map_err(|e| write_error(cert, e))?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)

@@ -24,17 +24,16 @@ pub type Response = hyper::Response<Full<Bytes>>;
 /// A listener could not be opened. Names the listener and the address, so
 /// "port already in use" says which port and what wanted it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for {name} on {addr}: {source}")]
+#[error("cannot listen for {name} on {addr}: {cause}")]
 pub struct BindError {
     pub name: &'static str,
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub cause: std::io::Error,
 }
 
 /// Binds a plain TCP listener, failing fast. Must run inside a tokio runtime.
 pub fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    let wrap = |source| BindError { name, addr, source };
+    let wrap = |cause| BindError { name, addr, cause };
     let std_listener = std::net::TcpListener::bind(addr).map_err(wrap)?;
     std_listener.set_nonblocking(true).map_err(wrap)?;
     TcpListener::from_std(std_listener).map_err(wrap)

@@ -31,7 +31,13 @@ pub enum TlsError {
     #[error("invalid trust bundle: {0}")]
     Roots(String),
     #[error("TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
+    Config(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(error: rustls::Error) -> Self {
+        Self::Config(error)
+    }
 }
 
 /// A workload's certificate and key, ready for rustls.

@@ -178,10 +178,16 @@ impl Ztunnel {
 
     /// Waits (up to `timeout`) for the process to exit by itself.
     pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => Ok(status?),
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status?,
             Err(_) => bail!("ztunnel did not exit within {timeout:?}"),
+        };
+        // Its last words may still be in the pipes: wait for both to end.
+        let mut count = self.logs.count.subscribe();
+        while self.logs.closed.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            tokio::time::timeout(timeout, count.changed()).await.context("output pipes stayed open")??;
         }
+        Ok(status)
     }
 }
 

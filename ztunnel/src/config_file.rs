@@ -1,4 +1,4 @@
-//! The static config source: a YAML file of the mesh config model, watched
+//! The static config cause: a YAML file of the mesh config model, watched
 //! for changes. A bad file never replaces a good config: the error is
 //! logged, counted, and the last good version stays in force.
 
@@ -15,12 +15,12 @@ use crate::state::State;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Invalid { path: PathBuf, source: ConfigError },
-    #[error("cannot watch config file {path}: {source}")]
-    Watch { path: PathBuf, source: notify::Error },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("config file {path}: {cause}")]
+    Invalid { path: PathBuf, cause: ConfigError },
+    #[error("cannot watch config file {path}: {cause}")]
+    Watch { path: PathBuf, cause: notify::Error },
 }
 
 /// A file's contents and the snapshot they make.
@@ -31,8 +31,8 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-    let snapshot = Snapshot::from_yaml(&text).map_err(|source| LoadError::Invalid { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read { path: path.to_owned(), cause })?;
+    let snapshot = Snapshot::from_yaml(&text).map_err(|cause| LoadError::Invalid { path: path.to_owned(), cause })?;
     Ok(Loaded { text, snapshot })
 }
 
@@ -58,7 +58,7 @@ fn could_change_contents(kind: &notify::EventKind) -> bool {
 
 impl ConfigWatcher {
     pub fn new(path: &Path, loaded_text: String) -> Result<Self, LoadError> {
-        let watch_error = |source| LoadError::Watch { path: path.to_owned(), source };
+        let watch_error = |cause| LoadError::Watch { path: path.to_owned(), cause };
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         // Capacity one: events arriving while a reload is pending coalesce.
         let (tx, events) = mpsc::channel(1);
@@ -90,8 +90,8 @@ impl ConfigWatcher {
                 warn!(path = %self.path.display(), "config file missing; keeping the last good config");
                 return;
             }
-            Err(source) => {
-                let error = LoadError::Read { path: self.path.clone(), source };
+            Err(cause) => {
+                let error = LoadError::Read { path: self.path.clone(), cause };
                 return self.reject(state, &error);
             }
         };
@@ -107,8 +107,8 @@ impl ConfigWatcher {
                 metrics::counter!(CONFIG_UPDATES, "result" => "applied").increment(1);
                 info!(version, workloads, services, "config applied");
             }
-            Err(source) => {
-                let error = LoadError::Invalid { path: self.path.clone(), source };
+            Err(cause) => {
+                let error = LoadError::Invalid { path: self.path.clone(), cause };
                 self.reject(state, &error);
             }
         }

@@ -24,7 +24,13 @@ pub const POLICY_CLOSED: &str = "ambit_connections_closed_by_policy_total";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot install the metrics recorder: {0}")]
-pub struct RecorderError(#[from] metrics_exporter_prometheus::BuildError);
+pub struct RecorderError(metrics_exporter_prometheus::BuildError);
+
+impl From<metrics_exporter_prometheus::BuildError> for RecorderError {
+    fn from(error: metrics_exporter_prometheus::BuildError) -> Self {
+        Self(error)
+    }
+}
 
 pub fn install() -> Result<PrometheusHandle, RecorderError> {
     let handle = PrometheusBuilder::new().install_recorder()?;

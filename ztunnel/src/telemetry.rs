@@ -14,16 +14,22 @@ pub struct LogLevelHandle(reload::Handle<EnvFilter, Registry>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogLevelError {
-    #[error("invalid log filter {filter:?}: {source}")]
-    Invalid { filter: String, source: tracing_subscriber::filter::ParseError },
+    #[error("invalid log filter {filter:?}: {cause}")]
+    Invalid { filter: String, cause: tracing_subscriber::filter::ParseError },
     #[error("cannot apply log filter: {0}")]
-    Reload(#[from] reload::Error),
+    Reload(reload::Error),
+}
+
+impl From<reload::Error> for LogLevelError {
+    fn from(error: reload::Error) -> Self {
+        Self::Reload(error)
+    }
 }
 
 impl LogLevelHandle {
     pub fn set(&self, filter: &str) -> Result<(), LogLevelError> {
-        let parsed = EnvFilter::try_new(filter)
-            .map_err(|source| LogLevelError::Invalid { filter: filter.to_owned(), source })?;
+        let parsed =
+            EnvFilter::try_new(filter).map_err(|cause| LogLevelError::Invalid { filter: filter.to_owned(), cause })?;
         self.0.reload(parsed)?;
         Ok(())
     }
@@ -35,7 +41,7 @@ impl LogLevelHandle {
 
 pub fn init(filter: &str, format: LogFormat) -> Result<LogLevelHandle, LogLevelError> {
     let parsed =
-        EnvFilter::try_new(filter).map_err(|source| LogLevelError::Invalid { filter: filter.to_owned(), source })?;
+        EnvFilter::try_new(filter).map_err(|cause| LogLevelError::Invalid { filter: filter.to_owned(), cause })?;
     let (filter_layer, handle) = reload::Layer::new(parsed);
     let registry = tracing_subscriber::registry().with(filter_layer);
     match format {

@@ -10,6 +10,13 @@
 //!   (HBONE for port 15008, plaintext otherwise), and packets addressed to a
 //!   local pod that belong to a ztunnel socket to that socket.
 //!
+//! * `listener_lookup` (sk_lookup, on the node's network namespace) picks
+//!   ztunnel's listener for a captured SYN whose tuple still has a TIME_WAIT
+//!   socket: such a SYN is only marked, so that the kernel's own TIME_WAIT
+//!   handling runs, and then looks for a listener here. (Assigning it to the
+//!   listener directly would bypass that handling, and the new connection
+//!   would collide with the old one.)
+//!
 //! Steering is `bpf_sk_assign` plus a mark; the node routes marked packets to
 //! `local` so the assigned socket receives them. Nothing is rewritten. See
 //! ARCHITECTURE.md ("Capture") for the whole path.
@@ -26,9 +33,9 @@ use aya_ebpf::{
         BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_SHOT, bpf_sock, bpf_sock_tuple,
     },
     helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
-    macros::{classifier, map},
+    macros::{classifier, map, sk_lookup},
     maps::{HashMap, SockMap},
-    programs::TcContext,
+    programs::{SkLookupContext, TcContext},
 };
 
 /// ztunnel's listening sockets, by `LISTENER_*` index. An entry disappears
@@ -41,6 +48,9 @@ static LISTENERS: SockMap = SockMap::pinned(LISTENER_SLOTS, 0);
 static PODS: HashMap<u32, PodInfo> = HashMap::pinned(MAX_LOCAL_PODS, 0);
 
 const ETH_HLEN: usize = 14;
+const AF_INET: u32 = 2;
+const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
 const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_TCP: u8 = 6;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -87,19 +97,22 @@ fn try_pod_ingress(ctx: &TcContext) -> Verdict {
     let Some(seg) = parse(ctx) else {
         return Verdict::Pass;
     };
-    if let Some(verdict) = steer_to_existing_socket(ctx, &seg) {
-        return verdict;
-    }
+    let time_wait = match existing_socket(ctx, &seg) {
+        Existing::Assigned(verdict) => return verdict,
+        Existing::TimeWait => true,
+        Existing::None => false,
+    };
     if !seg.is_new_connection() {
         return Verdict::Pass;
     }
-    if enrolled(seg.saddr) {
-        return steer_to_listener(ctx, LISTENER_OUTBOUND);
-    }
-    if enrolled(seg.daddr) {
-        return steer_to_listener(ctx, inbound_listener(&seg));
-    }
-    Verdict::Pass
+    let slot = if enrolled(seg.saddr) {
+        LISTENER_OUTBOUND
+    } else if enrolled(seg.daddr) {
+        inbound_listener(&seg)
+    } else {
+        return Verdict::Pass;
+    };
+    capture_new(ctx, slot, time_wait)
 }
 
 fn enrolled(addr: u32) -> bool {
@@ -126,13 +139,63 @@ fn try_node_ingress(ctx: &TcContext) -> Verdict {
     if unsafe { PODS.get(&seg.daddr) }.is_none() {
         return Verdict::Pass;
     }
-    if let Some(verdict) = steer_to_existing_socket(ctx, &seg) {
-        return verdict;
-    }
+    let time_wait = match existing_socket(ctx, &seg) {
+        Existing::Assigned(verdict) => return verdict,
+        Existing::TimeWait => true,
+        Existing::None => false,
+    };
     if seg.is_new_connection() && enrolled(seg.daddr) {
-        return steer_to_listener(ctx, inbound_listener(&seg));
+        return capture_new(ctx, inbound_listener(&seg), time_wait);
     }
     Verdict::Pass
+}
+
+/// A new connection for listener `slot`. Normally it is assigned straight
+/// to the listener. When a TIME_WAIT socket still holds its tuple, it is
+/// only marked for local delivery: the kernel retires the TIME_WAIT and asks
+/// `listener_lookup` for a listener. Either way, with no listener (ztunnel
+/// is down) the SYN is dropped: the client retransmits, and the connection
+/// proceeds once ztunnel is back. It never leaves unproxied.
+fn capture_new(ctx: &TcContext, slot: u32, time_wait: bool) -> Verdict {
+    let Some(listener) = listener(slot) else {
+        return Verdict::Drop;
+    };
+    if time_wait {
+        // SAFETY: releases the reference `listener` took.
+        unsafe { bpf_sk_release(listener.cast()) };
+        mark(ctx);
+        return Verdict::Steered;
+    }
+    assign(ctx, listener)
+}
+
+/// Picks ztunnel's listener for a SYN the tc programs marked for local
+/// delivery because of a TIME_WAIT socket (see `capture_new`). Other lookups
+/// are left alone.
+#[sk_lookup]
+pub fn listener_lookup(ctx: SkLookupContext) -> u32 {
+    try_listener_lookup(&ctx)
+}
+
+fn try_listener_lookup(ctx: &SkLookupContext) -> u32 {
+    // SAFETY: the kernel passes a valid lookup context.
+    let lookup = unsafe { &*ctx.lookup };
+    if lookup.family != AF_INET || lookup.protocol != u32::from(IPPROTO_TCP) {
+        return SK_PASS;
+    }
+    let slot = if enrolled(lookup.remote_ip4) {
+        LISTENER_OUTBOUND
+    } else if enrolled(lookup.local_ip4) {
+        // `local_port` is in host byte order.
+        if lookup.local_port == u32::from(HBONE_PORT) { LISTENER_HBONE } else { LISTENER_INBOUND_PLAIN }
+    } else {
+        return SK_PASS;
+    };
+    match LISTENERS.redirect_sk_lookup(ctx, slot, 0) {
+        Ok(()) => SK_PASS,
+        // No listener: drop, never deliver around the mesh.
+        Err(_) => SK_DROP,
+    }
 }
 
 fn parse(ctx: &TcContext) -> Option<Segment> {
@@ -158,11 +221,19 @@ fn parse(ctx: &TcContext) -> Option<Segment> {
     })
 }
 
+/// What the socket lookup for a segment's tuple found.
+enum Existing {
+    /// A ztunnel socket owns the connection; the packet went to it.
+    Assigned(Verdict),
+    /// A TIME_WAIT socket still holds the tuple.
+    TimeWait,
+    /// Nothing relevant (or a listener, which a new SYN does not belong to).
+    None,
+}
+
 /// Packets of a connection that a ztunnel socket already owns (its accepted
 /// side, or its own transparent connection to a pod) go to that socket.
-/// Listening and TIME_WAIT sockets do not count: a SYN that merely matches
-/// one is a new connection.
-fn steer_to_existing_socket(ctx: &TcContext, seg: &Segment) -> Option<Verdict> {
+fn existing_socket(ctx: &TcContext, seg: &Segment) -> Existing {
     // SAFETY: an all-zero tuple is valid; the ipv4 arm is filled in next.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     tuple.__bindgen_anon_1.ipv4.saddr = seg.saddr;
@@ -181,7 +252,7 @@ fn steer_to_existing_socket(ctx: &TcContext, seg: &Segment) -> Option<Verdict> {
         )
     };
     if sk.is_null() {
-        return None;
+        return Existing::None;
     }
     // SAFETY: `sk` is a non-null socket reference from the lookup; `state` is
     // readable on every socket kind it returns.
@@ -189,23 +260,18 @@ fn steer_to_existing_socket(ctx: &TcContext, seg: &Segment) -> Option<Verdict> {
     if state == BPF_TCP_LISTEN || state == BPF_TCP_TIME_WAIT {
         // SAFETY: releases the reference the lookup took.
         unsafe { bpf_sk_release(sk.cast()) };
-        return None;
+        return if state == BPF_TCP_TIME_WAIT { Existing::TimeWait } else { Existing::None };
     }
-    Some(assign(ctx, sk))
+    Existing::Assigned(assign(ctx, sk))
 }
 
-/// Hands a new connection to one of ztunnel's listeners. With no listener
-/// (ztunnel is down) the SYN is dropped: the client retransmits, and the
-/// connection proceeds once ztunnel is back. It never leaves unproxied.
-fn steer_to_listener(ctx: &TcContext, slot: u32) -> Verdict {
+/// ztunnel's listener in `slot`, referenced (release it), if it is up.
+fn listener(slot: u32) -> Option<*mut bpf_sock> {
     let map = core::ptr::from_ref(&LISTENERS).cast_mut().cast();
     // SAFETY: `map` is this program's sockmap and `slot` lives on the stack
     // for the call. A sockmap lookup returns a referenced socket or null.
     let sk = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(&slot).cast()) };
-    if sk.is_null() {
-        return Verdict::Drop;
-    }
-    assign(ctx, sk.cast())
+    (!sk.is_null()).then_some(sk.cast())
 }
 
 /// Assigns the packet to `sk`, releases the reference and marks the packet
@@ -218,10 +284,15 @@ fn assign(ctx: &TcContext, sk: *mut bpf_sock) -> Verdict {
     if ret != 0 {
         return Verdict::Drop;
     }
+    mark(ctx);
+    Verdict::Steered
+}
+
+/// Marks the packet for local delivery (policy routing, table 100).
+fn mark(ctx: &TcContext) {
     // SAFETY: `skb` points at this program's context.
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.skb.set_mark((mark & !CAPTURE_MARK_MASK) | CAPTURE_MARK);
-    Verdict::Steered
 }
 
 #[cfg(not(test))]

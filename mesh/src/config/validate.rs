@@ -19,7 +19,7 @@ pub enum ConfigError {
     InvalidPort { service: String, port: u16 },
     #[error("service {service} names endpoint {uid:?}, but no workload has that uid")]
     UnknownEndpoint { service: String, uid: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Policy(#[from] crate::authz::PolicyError),
 }
 

@@ -18,17 +18,21 @@ pub mod stream;
 
 pub use stream::H2Stream;
 
+/// Plaintext rustls may buffer for sending. Its default (64 KiB) makes a
+/// write syscall every few records; larger batches fewer syscalls per byte.
+pub const TLS_SEND_BUFFER: usize = 1024 * 1024;
+
 /// The port HBONE listens on: the destination pod's IP, this port.
 pub const HBONE_PORT: u16 = 15008;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
-    #[error("TCP connect to {addr}: {source}")]
-    Connect { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("TLS handshake with {addr}: {source}")]
-    Tls { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("TCP connect to {addr}: {cause}")]
+    Connect { addr: std::net::SocketAddr, cause: std::io::Error },
+    #[error("TLS handshake with {addr}: {cause}")]
+    Tls { addr: std::net::SocketAddr, cause: std::io::Error },
     #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
+    H2(h2::Error),
     #[error("the peer answered CONNECT with {0}")]
     Status(http::StatusCode),
     #[error("invalid request: {0}")]
@@ -37,6 +41,12 @@ pub enum HboneError {
     Certificate(String, String),
     #[error("the pool's connection closed")]
     Closed,
+}
+
+impl From<h2::Error> for HboneError {
+    fn from(error: h2::Error) -> Self {
+        Self::H2(error)
+    }
 }
 
 impl HboneError {

@@ -14,7 +14,7 @@ use ambit_ebpf_common::PodInfo;
 use aya::maps::{HashMap as BpfHashMap, SockMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, SkLookup, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, info};
 
@@ -58,6 +58,7 @@ impl Attachment {
 
 pub(super) struct Programs {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
     links_dir: PathBuf,
     /// Attachments this process has made or taken over.
     attached: HashSet<Attachment>,
@@ -80,7 +81,25 @@ impl Programs {
         for role in [Role::Pod, Role::Node] {
             classifier(&mut ebpf, role)?.load().map_err(|e| Error::Load(e.to_string()))?;
         }
-        Ok(Self { ebpf, links_dir, attached: HashSet::new() })
+        sk_lookup(&mut ebpf)?.load().map_err(|e| Error::Load(e.to_string()))?;
+        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links_dir, attached: HashSet::new() })
+    }
+
+    /// Attaches `listener_lookup` to this network namespace and pins the
+    /// link, replacing (after attaching) the one an earlier process pinned.
+    pub fn attach_listener_lookup(&mut self) -> Result<(), Error> {
+        let pin = self.pin_dir.join("sk_lookup_link");
+        let attach_error = |reason: String| Error::Attach { interface: "network namespace".into(), reason };
+        let netns = std::fs::File::open("/proc/self/ns/net").map_err(|e| attach_error(e.to_string()))?;
+        let program = sk_lookup(&mut self.ebpf)?;
+        let id = program.attach(&netns).map_err(|e| attach_error(e.to_string()))?;
+        let link = program.take_link(id).map_err(|e| attach_error(e.to_string()))?;
+        let link = FdLink::from(link);
+        if pin.exists() {
+            std::fs::remove_file(&pin).map_err(|e| Error::Pin(pin.clone(), e))?;
+        }
+        link.pin(&pin).map_err(|e| Error::Pin(pin.clone(), std::io::Error::other(e.to_string())))?;
+        Ok(())
     }
 
     /// Puts a listening socket in the `LISTENERS` sockmap slot `slot`. The
@@ -173,6 +192,13 @@ fn classifier(ebpf: &mut Ebpf, role: Role) -> Result<&mut SchedClassifier, Error
     let name = role.program();
     ebpf.program_mut(name)
         .ok_or(Error::MissingObject(name))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Load(e.to_string()))
+}
+
+fn sk_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, Error> {
+    ebpf.program_mut("listener_lookup")
+        .ok_or(Error::MissingObject("listener_lookup"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| Error::Load(e.to_string()))
 }

@@ -90,7 +90,8 @@ impl Capture {
             .ok_or(Error::Netlink("find loopback", "no loopback interface".into()))?;
         netlink.ensure_local_delivery(loopback.index).await?;
         nft::ensure_conntrack_bypass()?;
-        let programs = bpf::Programs::load(pin_dir)?;
+        let mut programs = bpf::Programs::load(pin_dir)?;
+        programs.attach_listener_lookup()?;
         Ok(Self { node: node.to_owned(), programs, netlink, local_addresses: HashSet::new() })
     }
 

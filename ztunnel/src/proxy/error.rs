@@ -27,7 +27,7 @@ pub enum ProxyError {
     UnknownServicePort { vip: std::net::IpAddr, port: u16 },
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },
-    #[error("the source {0} is not a known workload")]
+    #[error("the cause {0} is not a known workload")]
     UnknownSource(std::net::IpAddr),
     #[error("{0} is not an enrolled workload on this node")]
     UnknownDestination(std::net::IpAddr),
@@ -39,17 +39,17 @@ pub enum ProxyError {
     DeniedByPeer,
     #[error("plaintext refused: PeerAuthentication is STRICT for port {0}")]
     PlaintextRefused(u16),
-    #[error("connect to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr} failed: {cause}")]
+    Connect { addr: SocketAddr, cause: io::Error },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: SocketAddr },
-    #[error("HBONE to {addr}: {source}")]
-    Hbone { addr: SocketAddr, source: HboneError },
+    #[error("HBONE to {addr}: {cause}")]
+    Hbone { addr: SocketAddr, cause: HboneError },
     #[error("TLS handshake failed: {0}")]
     Handshake(io::Error),
     #[error("HBONE protocol error from the client: {0}")]
     Protocol(HboneError),
-    #[error("{0}")]
+    #[error(transparent)]
     Certificate(#[from] crate::identity::CertError),
     #[error("cannot create upstream socket: {0}")]
     Socket(io::Error),
@@ -86,7 +86,7 @@ impl ProxyError {
     /// Whether the client retrying could succeed.
     pub fn retryable(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_) | Self::Certificate(_))
-            || matches!(self, Self::Hbone { source, .. } if !source.is_denied())
+            || matches!(self, Self::Hbone { cause, .. } if !cause.is_denied())
     }
 
     /// Envoy-style response flag for access logs and `response_flags`.
@@ -104,8 +104,8 @@ impl ProxyError {
     }
 
     /// An HBONE failure, sorted: a 401 from the peer is a policy denial.
-    pub fn from_hbone(addr: SocketAddr, source: HboneError) -> Self {
-        if source.is_denied() { Self::DeniedByPeer } else { Self::Hbone { addr, source } }
+    pub fn from_hbone(addr: SocketAddr, cause: HboneError) -> Self {
+        if cause.is_denied() { Self::DeniedByPeer } else { Self::Hbone { addr, cause } }
     }
 }
 
@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn faults_and_flags() {
         let addr: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let refused = ProxyError::Connect { addr, source: io::ErrorKind::ConnectionRefused.into() };
+        let refused = ProxyError::Connect { addr, cause: io::ErrorKind::ConnectionRefused.into() };
         assert_eq!((refused.fault(), refused.retryable(), refused.response_flag()), (Fault::Upstream, true, "UF"));
         let own = ProxyError::SelfTarget(addr);
         assert_eq!((own.fault(), own.retryable(), own.response_flag()), (Fault::Downstream, false, "NR"));

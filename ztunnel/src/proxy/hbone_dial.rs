@@ -1,5 +1,5 @@
 //! How the HBONE pool reaches a peer: TCP to the destination pod's IP on
-//! port 15008 (the destination node captures it), then TLS as the source
+//! port 15008 (the destination node captures it), then TLS as the cause
 //! workload's identity, accepting only the destination's. A destination
 //! pod on this very node is reached through our own HBONE listener: the
 //! socket carries the capture mark, so policy routing delivers it locally.
@@ -49,12 +49,13 @@ impl HboneDialer {
         let local = self.is_local_pod(hop.ip());
         let tcp = tokio::time::timeout(self.connect_timeout, socket::connect_hbone(hop, local))
             .await
-            .map_err(|_| HboneError::Connect { addr: hop, source: std::io::ErrorKind::TimedOut.into() })?
-            .map_err(|source| HboneError::Connect { addr: hop, source })?;
-        let tls = TlsConnector::from(Arc::clone(&config))
+            .map_err(|_| HboneError::Connect { addr: hop, cause: std::io::ErrorKind::TimedOut.into() })?
+            .map_err(|cause| HboneError::Connect { addr: hop, cause })?;
+        let mut tls = TlsConnector::from(Arc::clone(&config))
             .connect(tls::server_name(hop.ip()), tcp)
             .await
-            .map_err(|source| HboneError::Tls { addr: hop, source })?;
+            .map_err(|cause| HboneError::Tls { addr: hop, cause })?;
+        tls.get_mut().1.set_buffer_limit(Some(mesh::hbone::TLS_SEND_BUFFER));
         Ok(Box::new(tls))
     }
 }

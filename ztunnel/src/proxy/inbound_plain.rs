@@ -31,11 +31,8 @@ pub struct InboundPlain {
 
 impl InboundPlain {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        let listener = socket::transparent_listener(addr).map_err(|source| BindError {
-            name: "inbound plaintext",
-            addr,
-            source,
-        })?;
+        let listener =
+            socket::transparent_listener(addr).map_err(|cause| BindError { name: "inbound plaintext", addr, cause })?;
         Ok(Self { listener, ctx })
     }
 
@@ -66,6 +63,7 @@ impl InboundPlain {
 
 async fn handle(ctx: Arc<ProxyContext>, mut downstream: TcpStream, peer: SocketAddr) {
     let Ok(dst) = downstream.local_addr() else { return };
+    let _ = downstream.set_nodelay(true);
     let span = info_span!("inbound_plaintext", id = ctx.connection_id(), src = %peer, dst = %dst);
     async move {
         let mut record = Record::new("inbound_plaintext", peer, dst);

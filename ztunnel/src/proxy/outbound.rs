@@ -39,7 +39,7 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
         let listener =
-            socket::transparent_listener(addr).map_err(|source| BindError { name: "outbound", addr, source })?;
+            socket::transparent_listener(addr).map_err(|cause| BindError { name: "outbound", addr, cause })?;
         Ok(Self { listener, ctx })
     }
 

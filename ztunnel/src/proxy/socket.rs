@@ -24,31 +24,31 @@ pub(super) fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Connects to `dst`, from `source` if given (an address that need not be
+/// Connects to `dst`, from `cause` if given (an address that need not be
 /// ours: the client pod's, so the destination sees the real client).
 pub(super) async fn connect(
     dst: SocketAddr,
-    source: Option<IpAddr>,
+    cause: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, super::ProxyError> {
-    let socket = upstream_socket(dst, source).map_err(super::ProxyError::Socket)?;
+    let socket = upstream_socket(dst, cause).map_err(super::ProxyError::Socket)?;
     match tokio::time::timeout(timeout, socket.connect(dst)).await {
         Ok(Ok(stream)) => {
             // Interactive protocols ride on these; never delay small writes.
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Ok(Err(source)) => Err(super::ProxyError::Connect { addr: dst, source }),
+        Ok(Err(cause)) => Err(super::ProxyError::Connect { addr: dst, cause }),
         Err(_) => Err(super::ProxyError::ConnectTimeout { addr: dst }),
     }
 }
 
-fn upstream_socket(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSocket> {
+fn upstream_socket(dst: SocketAddr, cause: Option<IpAddr>) -> io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    if let Some(source) = source {
-        set_transparent(&socket, source)?;
-        socket.bind(&SocketAddr::new(source, 0).into())?;
+    if let Some(cause) = cause {
+        set_transparent(&socket, cause)?;
+        socket.bind(&SocketAddr::new(cause, 0).into())?;
     }
     Ok(TcpSocket::from_std_stream(socket.into()))
 }

@@ -105,11 +105,11 @@ impl Dialer for TestDialer {
         self.dials.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let tcp =
-                TcpStream::connect(next_hop).await.map_err(|source| HboneError::Connect { addr: next_hop, source })?;
+                TcpStream::connect(next_hop).await.map_err(|cause| HboneError::Connect { addr: next_hop, cause })?;
             let tls = TlsConnector::from(config)
                 .connect(tls::server_name(next_hop.ip()), tcp)
                 .await
-                .map_err(|source| HboneError::Tls { addr: next_hop, source })?;
+                .map_err(|cause| HboneError::Tls { addr: next_hop, cause })?;
             Ok(Box::new(tls) as Box<dyn Io>)
         })
     }

@@ -116,7 +116,11 @@ pub async fn oha(client: &Netns, url: &str, seconds: u32, flags: &[&str]) -> any
     }
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("oha JSON")?;
     let seconds = |v: &serde_json::Value| Duration::from_secs_f64(v.as_f64().unwrap_or(0.0));
-    let errors = report["errorDistribution"].as_object().map_or(0, |e| e.len());
+    // Requests in flight when the run's time is up are "aborted due to
+    // deadline": an artefact of timed runs, not a failure.
+    let errors = report["errorDistribution"]
+        .as_object()
+        .map_or(0, |e| e.keys().filter(|k| !k.contains("aborted due to deadline")).count());
     if errors > 0 {
         bail!("oha saw errors: {}", report["errorDistribution"]);
     }
