@@ -113,3 +113,35 @@ async fn captured_connection_to_ztunnel_port_is_refused() {
     let (status, _) = ambit_tests::http::get(&plain.netns, readiness, "/healthz/ready").await.unwrap();
     assert_eq!(status, 200);
 }
+
+/// A pod reusing a source port while ztunnel's end of the previous
+/// connection on that port is still in TIME_WAIT (ztunnel closed first, as
+/// it does when the server closes first) gets a working new connection:
+/// capture leaves the TIME_WAIT to the kernel rather than colliding with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ports_are_reusable_after_ztunnel_closed_first() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    // Sixteen ephemeral ports: from the seventeenth connection on, every
+    // port comes back while its previous connection lingers in TIME_WAIT.
+    client.netns.exec("sysctl", &["-qw", "net.ipv4.ip_local_port_range=40000 40015"], "").unwrap();
+    let server = bed.cluster.pod("n2-a");
+    let http = std::net::SocketAddr::new(IpAddr::V4(server.ip), 8081);
+    let _responder = ambit_tests::sample_http::HttpResponder::start(&server.netns, http, 64).unwrap();
+    for round in 0..48 {
+        let attempt = async {
+            let mut stream = client.netns.connect(http).await?;
+            stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            anyhow::ensure!(response.starts_with(b"HTTP/1.1 200"), "bad response");
+            anyhow::Ok(())
+        };
+        // Bounded: a SYN lost to a TIME_WAIT collision is retried after 1 s,
+        // then 3 s, and would not make it.
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await;
+        assert!(matches!(done, Ok(Ok(()))), "connection {round} failed: {done:?}");
+    }
+}
