@@ -12,6 +12,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::H2Stream;
+use super::client::PendingStream;
 
 /// Read size from the socket. Large reads mean fewer syscalls and wakeups
 /// per byte, and DATA frames that fill TLS records.
@@ -33,6 +34,58 @@ where
     let down = h2_to_io(recv, pending, &mut write_half, from_stream);
     let (up, down) = tokio::join!(up, down);
     up.and(down)
+}
+
+/// How a relay over a tunnel still being established can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The server answered the CONNECT with something other than 200.
+    #[error("the peer answered CONNECT with {0}")]
+    Refused(http::StatusCode),
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+/// Like [`relay`], starting on a CONNECT still waiting for its answer: data
+/// from `io` goes out at once; data back waits for the 200. Anything but
+/// 200 ends the relay with [`RelayError::Refused`].
+pub async fn relay_opening<IO>(
+    io: IO,
+    pending: PendingStream,
+    from_io: Tally<'_>,
+    from_stream: Tally<'_>,
+) -> Result<(), RelayError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let PendingStream { send, response, guard: _guard } = pending;
+    let (mut read_half, mut write_half) = tokio::io::split(io);
+    let up = async { io_to_h2(&mut read_half, send, from_io).await.map_err(RelayError::Io) };
+    let down = async {
+        let response = response.await.map_err(|e| RelayError::Io(super::stream::to_io(e)))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(RelayError::Refused(response.status()));
+        }
+        h2_to_io(response.into_body(), Bytes::new(), &mut write_half, from_stream).await.map_err(RelayError::Io)
+    };
+    // A refusal must stop the upload too, so this is not a plain join.
+    tokio::pin!(up, down);
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            result = &mut up, if !up_done => {
+                result?;
+                up_done = true;
+            }
+            result = &mut down => {
+                result?;
+                if up_done {
+                    return Ok(());
+                }
+                return up.await;
+            }
+        }
+    }
 }
 
 async fn io_to_h2<R: AsyncRead + Unpin>(io: &mut R, mut send: SendStream<Bytes>, tally: Tally<'_>) -> io::Result<()> {

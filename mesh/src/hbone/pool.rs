@@ -119,16 +119,27 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `authority` on a connection for `key`,
-    /// reusing one with room or dialing a new one.
+    /// reusing one with room or dialing a new one, and waits for the answer.
     pub async fn connect(
         &self,
         key: &PoolKey,
         authority: SocketAddr,
         headers: HeaderMap,
     ) -> Result<H2Stream, HboneError> {
+        self.open(key, authority, headers).await?.established().await
+    }
+
+    /// Like [`Pool::connect`], without waiting for the answer (see
+    /// [`client::Connection::open`]).
+    pub async fn open(
+        &self,
+        key: &PoolKey,
+        authority: SocketAddr,
+        headers: HeaderMap,
+    ) -> Result<client::PendingStream, HboneError> {
         let slot = self.checkout(key).await?;
-        let stream = slot.0.connection.connect(authority, headers).await?;
-        Ok(stream.with_guard(slot))
+        let pending = slot.0.connection.open(authority, headers).await?;
+        Ok(pending.with_guard(slot))
     }
 
     async fn checkout(&self, key: &PoolKey) -> Result<Slot, HboneError> {

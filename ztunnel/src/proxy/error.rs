@@ -27,7 +27,7 @@ pub enum ProxyError {
     UnknownServicePort { vip: std::net::IpAddr, port: u16 },
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },
-    #[error("the cause {0} is not a known workload")]
+    #[error("the source {0} is not a known workload")]
     UnknownSource(std::net::IpAddr),
     #[error("{0} is not an enrolled workload on this node")]
     UnknownDestination(std::net::IpAddr),

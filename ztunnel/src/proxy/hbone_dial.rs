@@ -1,5 +1,5 @@
 //! How the HBONE pool reaches a peer: TCP to the destination pod's IP on
-//! port 15008 (the destination node captures it), then TLS as the cause
+//! port 15008 (the destination node captures it), then TLS as the source
 //! workload's identity, accepting only the destination's. A destination
 //! pod on this very node is reached through our own HBONE listener: the
 //! socket carries the capture mark, so policy routing delivers it locally.

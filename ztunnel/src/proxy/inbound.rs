@@ -30,7 +30,7 @@ use tracing::{Instrument as _, debug, info, info_span};
 
 use super::connections::Tracked;
 use super::record::{Record, peer_labels};
-use super::relay::{ClientSide, RelayEnd, relay, relay_tunnel};
+use super::relay::{RelayEnd, relay, relay_tunnel};
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
 use crate::metrics::{ConnectionLabels, POLICY_CLOSED};
 
@@ -226,15 +226,13 @@ pub(super) async fn relay_tracked(
     let _registration = ctx.connections.register(ctx.connection_id(), tracked);
     let counters = record.byte_counters();
     let end = match downstream {
-        Downstream::Tunnel(tunnel) => {
-            relay_tunnel(&mut *upstream, tunnel, ClientSide::Tunnel, &record.totals, &counters, &cancel).await
-        }
+        Downstream::Tunnel(tunnel) => relay_tunnel(&mut *upstream, tunnel, &record.totals, &counters, &cancel).await,
         Downstream::Plain(socket) => relay(socket, upstream, &record.totals, &counters, &cancel).await,
     };
     match end {
         RelayEnd::Done => Ok(()),
         RelayEnd::Failed(error) => Err(ProxyError::Copy(error)),
-        RelayEnd::Cancelled => {
+        RelayEnd::Cancelled | RelayEnd::Refused(_) => {
             socket::reset_on_close(upstream);
             metrics::counter!(POLICY_CLOSED).increment(1);
             Err(ProxyError::Revoked)

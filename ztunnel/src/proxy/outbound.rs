@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use mesh::config::{Snapshot, Workload};
 use mesh::drain::Drain;
+use mesh::hbone::HboneError;
 use mesh::hbone::headers::{PeerInfo, connect_headers};
 use mesh::hbone::pool::PoolKey;
 use mesh::http_server::BindError;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
 use super::record::{Record, peer_labels};
-use super::relay::{ClientSide, RelayEnd, relay, relay_tunnel};
+use super::relay::{RelayEnd, relay, relay_opening};
 use super::{ProxyContext, ProxyError, hbone_dial, socket};
 use crate::metrics::ConnectionLabels;
 
@@ -211,19 +212,25 @@ async fn forward(
         Upstream::Hbone(route) => {
             let HboneRoute { key, authority, peer } = *route;
             let headers = connect_headers(record.src, &peer);
-            let stream = match ctx.pool.connect(&key, authority, headers).await {
-                Ok(stream) => stream,
+            let pending = match ctx.pool.open(&key, authority, headers).await {
+                Ok(pending) => pending,
                 Err(error) => {
                     socket::reset_on_close(&downstream);
                     return Err(ProxyError::from_hbone(authority, error));
                 }
             };
-            relay_tunnel(&mut downstream, stream, ClientSide::Socket, &record.totals, &counters, &never).await
+            match relay_opening(&mut downstream, pending, &record.totals, &counters).await {
+                RelayEnd::Refused(status) => {
+                    socket::reset_on_close(&downstream);
+                    return Err(ProxyError::from_hbone(authority, HboneError::Status(status)));
+                }
+                end => end,
+            }
         }
     };
     match end {
         RelayEnd::Done => Ok(()),
         RelayEnd::Failed(error) => Err(ProxyError::Copy(error)),
-        RelayEnd::Cancelled => Err(ProxyError::Revoked),
+        RelayEnd::Cancelled | RelayEnd::Refused(_) => Err(ProxyError::Revoked),
     }
 }

@@ -74,6 +74,8 @@ pub(super) enum RelayEnd {
     Failed(io::Error),
     /// `cancel` fired (policy now denies, or drain ran out).
     Cancelled,
+    /// The HBONE peer answered the CONNECT with this status instead of 200.
+    Refused(http::StatusCode),
 }
 
 /// Copies until both directions are done, an error, or `cancel`.
@@ -100,21 +102,12 @@ where
     }
 }
 
-/// Which end of a tunnel relay is the client.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum ClientSide {
-    /// The TCP socket is the client's (outbound).
-    Socket,
-    /// The HBONE stream is the client's (inbound).
-    Tunnel,
-}
-
-/// Like [`relay`], between a socket and an HBONE stream, without the
-/// generic copy's intermediate buffers (see `mesh::hbone::copy`).
+/// Like [`relay`], between the client's HBONE stream and a socket to the
+/// pod, without the generic copy's intermediate buffers (see
+/// `mesh::hbone::copy`).
 pub(super) async fn relay_tunnel<S>(
     socket: S,
     tunnel: mesh::hbone::H2Stream,
-    client: ClientSide,
     totals: &Arc<Totals>,
     metrics: &crate::metrics::ByteCounters,
     cancel: &CancellationToken,
@@ -130,15 +123,39 @@ where
         totals.sent.fetch_add(n, Ordering::Relaxed);
         metrics.sent.increment(n);
     };
-    let (from_socket, from_tunnel): (&(dyn Fn(u64) + Sync), &(dyn Fn(u64) + Sync)) = match client {
-        ClientSide::Socket => (&from_client, &to_client),
-        ClientSide::Tunnel => (&to_client, &from_client),
-    };
     tokio::select! {
-        result = mesh::hbone::copy::relay(socket, tunnel, from_socket, from_tunnel) => match result {
+        result = mesh::hbone::copy::relay(socket, tunnel, &to_client, &from_client) => match result {
             Ok(()) => RelayEnd::Done,
             Err(error) => RelayEnd::Failed(error),
         },
         () = cancel.cancelled() => RelayEnd::Cancelled,
+    }
+}
+
+/// Like [`relay_tunnel`] from the client's side, on a CONNECT whose answer
+/// has not arrived: the client's bytes go out at once (one round trip less
+/// for every new connection); a refusal ends it with [`RelayEnd::Refused`].
+pub(super) async fn relay_opening<S>(
+    socket: S,
+    pending: mesh::hbone::client::PendingStream,
+    totals: &Arc<Totals>,
+    metrics: &crate::metrics::ByteCounters,
+) -> RelayEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use mesh::hbone::copy::RelayError;
+    let from_client = |n: u64| {
+        totals.received.fetch_add(n, Ordering::Relaxed);
+        metrics.received.increment(n);
+    };
+    let to_client = |n: u64| {
+        totals.sent.fetch_add(n, Ordering::Relaxed);
+        metrics.sent.increment(n);
+    };
+    match mesh::hbone::copy::relay_opening(socket, pending, &from_client, &to_client).await {
+        Ok(()) => RelayEnd::Done,
+        Err(RelayError::Refused(status)) => RelayEnd::Refused(status),
+        Err(RelayError::Io(error)) => RelayEnd::Failed(error),
     }
 }

@@ -24,14 +24,14 @@ pub(super) fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Connects to `dst`, from `cause` if given (an address that need not be
+/// Connects to `dst`, from `source` if given (an address that need not be
 /// ours: the client pod's, so the destination sees the real client).
 pub(super) async fn connect(
     dst: SocketAddr,
-    cause: Option<IpAddr>,
+    source: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, super::ProxyError> {
-    let socket = upstream_socket(dst, cause).map_err(super::ProxyError::Socket)?;
+    let socket = upstream_socket(dst, source).map_err(super::ProxyError::Socket)?;
     match tokio::time::timeout(timeout, socket.connect(dst)).await {
         Ok(Ok(stream)) => {
             // Interactive protocols ride on these; never delay small writes.
@@ -43,12 +43,18 @@ pub(super) async fn connect(
     }
 }
 
-fn upstream_socket(dst: SocketAddr, cause: Option<IpAddr>) -> io::Result<TcpSocket> {
+fn upstream_socket(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSocket> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    if let Some(cause) = cause {
-        set_transparent(&socket, cause)?;
-        socket.bind(&SocketAddr::new(cause, 0).into())?;
+    if let Some(source) = source {
+        set_transparent(&socket, source)?;
+        // Choose the source port at connect time, by the full 4-tuple: a
+        // bind to port 0 would scan for a port unused by every socket on
+        // that address, TIME_WAIT included, which grows slow (and finally
+        // fails) under a high rate of new connections from one pod.
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(io::Error::from)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
     }
     Ok(TcpSocket::from_std_stream(socket.into()))
 }

@@ -254,3 +254,34 @@ async fn idle_connections_are_released() {
     pool.release_idle();
     assert_eq!(pool.stats().connections.len(), 0);
 }
+
+#[tokio::test]
+async fn optimistic_open_relays_and_reports_refusals() {
+    use crate::hbone::copy::{RelayError, relay_opening};
+    let f = fixture().await;
+    let (pool, key) = pool(&f, 100, Duration::from_secs(60));
+    let none = |_: u64| {};
+
+    // Accepted: bytes written before the answer arrives still get through.
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let pending = pool.open(&key, "10.1.0.3:80".parse().unwrap(), HeaderMap::new()).await.unwrap();
+    theirs.write_all(b"early bytes").await.unwrap();
+    let relay = tokio::spawn(async move { relay_opening(ours, pending, &none, &none).await });
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while theirs.read_exact(&mut byte).await.is_ok() && byte[0] != b'\n' {
+        greeting.push(byte[0]);
+    }
+    let mut echoed = [0u8; 11];
+    theirs.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"early bytes");
+    drop(theirs);
+    relay.await.unwrap().unwrap();
+
+    // Refused: the relay ends with the status, whatever was sent.
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let pending = pool.open(&key, "10.1.0.3:401".parse().unwrap(), HeaderMap::new()).await.unwrap();
+    theirs.write_all(b"never delivered").await.unwrap();
+    let result = relay_opening(ours, pending, &none, &none).await;
+    assert!(matches!(result, Err(RelayError::Refused(StatusCode::UNAUTHORIZED))), "{result:?}");
+}

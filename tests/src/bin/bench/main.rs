@@ -38,6 +38,10 @@ struct Args {
     /// Only these measurements (throughput, echo, connect, http); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Instead of the suite, print 64 B echo p50 for these `client:server`
+    /// pod pairs (for profiling which hop costs what).
+    #[arg(long, value_delimiter = ',')]
+    echo_pairs: Vec<String>,
 }
 
 impl Args {
@@ -63,6 +67,17 @@ async fn main() -> anyhow::Result<()> {
     for tunnel in [false, true] {
         let (client, server) = paths.pods(&bed, tunnel);
         exchange(&client.netns, "warmup", server.addr(APP_PORT), 1024, 1024).await?;
+    }
+    if !args.echo_pairs.is_empty() {
+        for pair in &args.echo_pairs {
+            let (from, to) = pair.split_once(':').unwrap_or((pair, pair));
+            let (client, server) = (bed.cluster.pod(from), bed.cluster.pod(to));
+            exchange(&client.netns, "warmup", server.addr(APP_PORT), 64, 64).await?;
+            let latency = measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000).await?;
+            let connect = measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000).await?;
+            println!("{pair}: echo p50 {:?} p99 {:?}; new connection p50 {:?}", latency.p50, latency.p99, connect.p50);
+        }
+        return Ok(());
     }
     let pids = [bed.cluster.ztunnel(0).pid().unwrap_or(0), bed.cluster.ztunnel(1).pid().unwrap_or(0)];
     let mut report = Report::new(args.runs);
