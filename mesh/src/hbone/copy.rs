@@ -21,15 +21,21 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Told about bytes as they pass (totals, live metrics).
 pub type Tally<'a> = &'a (dyn Fn(u64) + Sync);
 
-/// Copies both ways between `io` and `stream` until both directions end;
+/// Copies both ways between a byte stream (its read and write halves; a
+/// `TcpStream::split` costs nothing) and `stream`, until both directions end;
 /// each half-closes its destination when its source ends. `from_io`
 /// counts bytes read from `io`, `from_stream` bytes received on the tunnel.
-pub async fn relay<IO>(io: IO, stream: H2Stream, from_io: Tally<'_>, from_stream: Tally<'_>) -> io::Result<()>
+pub async fn relay<R, W>(
+    (mut read_half, mut write_half): (R, W),
+    stream: H2Stream,
+    from_io: Tally<'_>,
+    from_stream: Tally<'_>,
+) -> io::Result<()>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let (send, recv, pending, _guard) = stream.into_parts();
-    let (mut read_half, mut write_half) = tokio::io::split(io);
     let up = io_to_h2(&mut read_half, send, from_io);
     let down = h2_to_io(recv, pending, &mut write_half, from_stream);
     let (up, down) = tokio::join!(up, down);
@@ -49,17 +55,17 @@ pub enum RelayError {
 /// Like [`relay`], starting on a CONNECT still waiting for its answer: data
 /// from `io` goes out at once; data back waits for the 200. Anything but
 /// 200 ends the relay with [`RelayError::Refused`].
-pub async fn relay_opening<IO>(
-    io: IO,
+pub async fn relay_opening<R, W>(
+    (mut read_half, mut write_half): (R, W),
     pending: PendingStream,
     from_io: Tally<'_>,
     from_stream: Tally<'_>,
 ) -> Result<(), RelayError>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let PendingStream { send, response, guard: _guard } = pending;
-    let (mut read_half, mut write_half) = tokio::io::split(io);
     let up = async { io_to_h2(&mut read_half, send, from_io).await.map_err(RelayError::Io) };
     let down = async {
         let response = response.await.map_err(|e| RelayError::Io(super::stream::to_io(e)))?;

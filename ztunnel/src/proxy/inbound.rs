@@ -226,7 +226,7 @@ pub(super) async fn relay_tracked(
     let _registration = ctx.connections.register(ctx.connection_id(), tracked);
     let counters = record.byte_counters();
     let end = match downstream {
-        Downstream::Tunnel(tunnel) => relay_tunnel(&mut *upstream, tunnel, &record.totals, &counters, &cancel).await,
+        Downstream::Tunnel(tunnel) => relay_tunnel(upstream, tunnel, &record.totals, &counters, &cancel).await,
         Downstream::Plain(socket) => relay(socket, upstream, &record.totals, &counters, &cancel).await,
     };
     match end {

@@ -105,16 +105,13 @@ where
 /// Like [`relay`], between the client's HBONE stream and a socket to the
 /// pod, without the generic copy's intermediate buffers (see
 /// `mesh::hbone::copy`).
-pub(super) async fn relay_tunnel<S>(
-    socket: S,
+pub(super) async fn relay_tunnel(
+    socket: &mut tokio::net::TcpStream,
     tunnel: mesh::hbone::H2Stream,
     totals: &Arc<Totals>,
     metrics: &crate::metrics::ByteCounters,
     cancel: &CancellationToken,
-) -> RelayEnd
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> RelayEnd {
     let from_client = |n: u64| {
         totals.received.fetch_add(n, Ordering::Relaxed);
         metrics.received.increment(n);
@@ -124,7 +121,7 @@ where
         metrics.sent.increment(n);
     };
     tokio::select! {
-        result = mesh::hbone::copy::relay(socket, tunnel, &to_client, &from_client) => match result {
+        result = mesh::hbone::copy::relay(socket.split(), tunnel, &to_client, &from_client) => match result {
             Ok(()) => RelayEnd::Done,
             Err(error) => RelayEnd::Failed(error),
         },
@@ -135,15 +132,12 @@ where
 /// Like [`relay_tunnel`] from the client's side, on a CONNECT whose answer
 /// has not arrived: the client's bytes go out at once (one round trip less
 /// for every new connection); a refusal ends it with [`RelayEnd::Refused`].
-pub(super) async fn relay_opening<S>(
-    socket: S,
+pub(super) async fn relay_opening(
+    socket: &mut tokio::net::TcpStream,
     pending: mesh::hbone::client::PendingStream,
     totals: &Arc<Totals>,
     metrics: &crate::metrics::ByteCounters,
-) -> RelayEnd
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> RelayEnd {
     use mesh::hbone::copy::RelayError;
     let from_client = |n: u64| {
         totals.received.fetch_add(n, Ordering::Relaxed);
@@ -153,7 +147,7 @@ where
         totals.sent.fetch_add(n, Ordering::Relaxed);
         metrics.sent.increment(n);
     };
-    match mesh::hbone::copy::relay_opening(socket, pending, &from_client, &to_client).await {
+    match mesh::hbone::copy::relay_opening(socket.split(), pending, &from_client, &to_client).await {
         Ok(()) => RelayEnd::Done,
         Err(RelayError::Refused(status)) => RelayEnd::Refused(status),
         Err(RelayError::Io(error)) => RelayEnd::Failed(error),

@@ -266,7 +266,7 @@ async fn optimistic_open_relays_and_reports_refusals() {
     let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
     let pending = pool.open(&key, "10.1.0.3:80".parse().unwrap(), HeaderMap::new()).await.unwrap();
     theirs.write_all(b"early bytes").await.unwrap();
-    let relay = tokio::spawn(async move { relay_opening(ours, pending, &none, &none).await });
+    let relay = tokio::spawn(async move { relay_opening(tokio::io::split(ours), pending, &none, &none).await });
     let mut greeting = Vec::new();
     let mut byte = [0u8; 1];
     while theirs.read_exact(&mut byte).await.is_ok() && byte[0] != b'\n' {
@@ -282,6 +282,6 @@ async fn optimistic_open_relays_and_reports_refusals() {
     let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
     let pending = pool.open(&key, "10.1.0.3:401".parse().unwrap(), HeaderMap::new()).await.unwrap();
     theirs.write_all(b"never delivered").await.unwrap();
-    let result = relay_opening(ours, pending, &none, &none).await;
+    let result = relay_opening(tokio::io::split(ours), pending, &none, &none).await;
     assert!(matches!(result, Err(RelayError::Refused(StatusCode::UNAUTHORIZED))), "{result:?}");
 }
