@@ -27,8 +27,9 @@ async fn main() -> anyhow::Result<()> {
         println!("  pod {:<9} {:<9} on node{}: {}", pod.name, pod.ip, pod.node + 1, pod.netns.name());
     }
 
-    println!("\nEach line moves 1 MiB each way and checks both hashes.\n");
-    println!("{:<10} {:<28} {:<16} {:<10} server saw", "from", "to", "carried by", "served by");
+    println!("\nEach line moves 1 MiB each way and checks both hashes. Enrolled pods talk HBONE (mTLS);");
+    println!("pods outside the mesh reach enrolled pods as plaintext, taken in by the destination's ztunnel.\n");
+    println!("{:<10} {:<28} {:<32} {:<10} server saw", "from", "to", "carried by", "served by");
     let service = Standard::service_addr();
     let routes: Vec<(&str, String, SocketAddr)> = vec![
         ("n1-a", "n2-a (other node)".into(), bed.cluster.pod("n2-a").addr(APP_PORT)),
@@ -61,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
 
     let node = &bed.cluster.nodes[0];
     println!("\nThe mesh stays up until Ctrl-C. Look around, for example:");
-    println!("  nsenter --net={} curl -s localhost:15000/config_dump", node.netns.path());
+    println!(
+        "  nsenter --net={} curl -s localhost:15000/config_dump   # config, certificates, HBONE pool",
+        node.netns.path()
+    );
     println!("  nsenter --net={} curl -s localhost:15020/metrics | grep istio_tcp", node.netns.path());
     println!("  nsenter --net={} bpftool net show", node.netns.path());
     tokio::signal::ctrl_c().await?;
@@ -71,12 +75,34 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connections each node's agent has taken in, as (source side,
+/// destination side): capture hands them over at their first packet.
+async fn counts(bed: &Standard) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut counts = Vec::new();
+    for node in 0..bed.cluster.nodes.len() {
+        let text = bed.cluster.metrics(node).await?;
+        let opened = |reporter| {
+            ambit_tests::http::metric_sum(&text, "istio_tcp_connections_opened_total", &[("reporter", reporter)])
+        };
+        counts.push((opened("source"), opened("destination")));
+    }
+    Ok(counts)
+}
+
 async fn show_connection(bed: &Standard, from: &str, label: &str, addr: SocketAddr) -> anyhow::Result<()> {
     let pod = bed.cluster.pod(from);
-    let before = bed.cluster.opened(pod.node).await?;
+    let before = counts(bed).await?;
     let result = exchange(&pod.netns, from, addr, BYTES, BYTES).await;
-    let captured = bed.cluster.opened(pod.node).await? > before;
-    let carried = if captured { format!("ztunnel node{}", pod.node + 1) } else { "direct".to_owned() };
+    let after = counts(bed).await?;
+    let node_of = |i: usize| bed.cluster.nodes[i].name.clone();
+    let source = (0..after.len()).find(|&i| after[i].0 > before[i].0);
+    let destination = (0..after.len()).find(|&i| after[i].1 > before[i].1);
+    let carried = match (source, destination) {
+        (Some(s), Some(d)) => format!("HBONE mTLS {} → {}", node_of(s), node_of(d)),
+        (Some(s), None) => format!("ztunnel {} (plaintext)", node_of(s)),
+        (None, Some(d)) => format!("plaintext → ztunnel {}", node_of(d)),
+        (None, None) => "direct".to_owned(),
+    };
     match result {
         Ok(done) => {
             let peer = done.hello.peer.ip();
@@ -87,9 +113,9 @@ async fn show_connection(bed: &Standard, from: &str, label: &str, addr: SocketAd
             } else {
                 String::new()
             };
-            println!("{from:<10} {label:<28} {carried:<16} {:<10} {peer} {whose}", done.hello.server);
+            println!("{from:<10} {label:<28} {carried:<32} {:<10} {peer} {whose}", done.hello.server);
         }
-        Err(error) => println!("{from:<10} {label:<28} {carried:<16} FAILED: {error:#}"),
+        Err(error) => println!("{from:<10} {label:<28} {carried:<32} FAILED: {error:#}"),
     }
     Ok(())
 }
