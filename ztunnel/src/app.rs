@@ -66,6 +66,15 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     let readiness_server = HttpServer::new("readiness", settings.readiness_addr)?;
     let metrics_server = HttpServer::new("metrics", settings.metrics_addr)?;
     let admin_server = HttpServer::new("admin", settings.admin_addr)?;
+    info!(
+        outbound = %outbound.address(),
+        hbone = %inbound.address(),
+        inbound_plaintext = %inbound_plain.address(),
+        readiness = %readiness_server.address(),
+        metrics = %metrics_server.address(),
+        admin = %admin_server.address(),
+        "listeners bound"
+    );
 
     let mut capture = Capture::new(&settings.node, &settings.bpf_pin_dir()).await.context("preparing capture")?;
     capture.register_listener(LISTENER_OUTBOUND, outbound.socket())?;

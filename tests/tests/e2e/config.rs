@@ -87,12 +87,7 @@ async fn running_agent_keeps_last_good_config() {
         assert_eq!(done.hello.peer.ip(), IpAddr::V4(client.ip));
         access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &dst.to_string()).await;
     }
-    let (status, dump) =
-        ambit_tests::http::get(&bed.cluster.nodes[0].netns, "127.0.0.1:15000".parse().unwrap(), "/config_dump")
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
-    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let dump = crate::support::config_dump(&bed.cluster, 0).await;
     assert_eq!(dump["version"], 1);
     assert_eq!(dump["config"]["workloads"].as_array().unwrap().len(), 6);
 }

@@ -114,11 +114,6 @@ async fn sequential_connections_reuse_pooled_tunnels() {
     assert!((1.0..=3.0).contains(&pooled), "{pooled} HBONE connections for 500 tunnels");
     let tunnels = ambit_tests::http::metric_sum(&text, "istio_tcp_connections_opened_total", &[("reporter", "source")]);
     assert_eq!(tunnels, 500.0);
-    let (status, dump) =
-        ambit_tests::http::get(&bed.cluster.nodes[0].netns, "127.0.0.1:15000".parse().unwrap(), "/config_dump")
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
-    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let dump = crate::support::config_dump(&bed.cluster, 0).await;
     assert!(dump["pool"]["connections"].as_array().is_some_and(|c| !c.is_empty()), "{}", dump["pool"]);
 }

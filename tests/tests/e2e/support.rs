@@ -70,3 +70,13 @@ pub async fn opened_outbound(cluster: &Cluster, node: usize) -> f64 {
         &[("reporter", "source")],
     )
 }
+
+/// Node `node`'s agent's `/config_dump`.
+pub async fn config_dump(cluster: &Cluster, node: usize) -> Value {
+    let (status, body) =
+        ambit_tests::http::get(&cluster.nodes[node].netns, "127.0.0.1:15000".parse().unwrap(), "/config_dump")
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}

@@ -11,7 +11,7 @@
 //! 5. copy both ways until done, or until policy stops allowing it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +23,13 @@ use mesh::hbone::server::{self, ConnectRequest, Responder};
 use mesh::http_server::BindError;
 use mesh::identity::Identity;
 use mesh::tls;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, info, info_span};
+use tracing::{Instrument as _, info_span};
 
 use super::connections::Tracked;
+use super::listener::Listener;
 use super::record::{Record, peer_labels};
 use super::relay::{RelayEnd, relay, relay_tunnel};
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
@@ -39,39 +40,32 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Inbound {
-    listener: TcpListener,
+    listener: Listener,
     ctx: Arc<ProxyContext>,
 }
 
 impl Inbound {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        let listener = socket::transparent_listener(addr).map_err(|cause| BindError { name: "hbone", addr, cause })?;
-        Ok(Self { listener, ctx })
+        Ok(Self { listener: Listener::bind("hbone", addr)?, ctx })
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener.address()
     }
 
     pub fn socket(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+        self.listener.socket()
     }
 
     pub async fn run(self, drain: Drain) {
-        info!(listener = "hbone", address = %self.address(), "listening");
-        loop {
-            let accepted = tokio::select! {
-                () = drain.signaled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let span = info_span!("inbound", id = self.ctx.connection_id(), src = %peer);
-                    drain.spawn(handle_connection(self.ctx.clone(), tcp, peer, drain.clone()).instrument(span));
-                }
-                Err(error) => debug!(listener = "hbone", %error, "accept failed"),
-            }
-        }
+        let ctx = self.ctx;
+        let streams = drain.clone();
+        self.listener
+            .serve(drain, |tcp, peer| {
+                let span = info_span!("inbound", id = ctx.connection_id(), src = %peer);
+                handle_connection(ctx.clone(), tcp, peer, streams.clone()).instrument(span)
+            })
+            .await;
     }
 }
 

@@ -7,57 +7,45 @@
 //! original client; copy both ways until done or until policy revokes it.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use mesh::authz::ConnectionInfo;
 use mesh::drain::Drain;
 use mesh::http_server::BindError;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, info, info_span};
+use tracing::{Instrument as _, info_span};
 
 use super::connections::Tracked;
 use super::inbound::{Downstream, connect_local, relay_tracked};
+use super::listener::Listener;
 use super::record::{Record, peer_labels};
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
 use crate::metrics::ConnectionLabels;
 
 #[derive(Debug)]
 pub struct InboundPlain {
-    listener: TcpListener,
+    listener: Listener,
     ctx: Arc<ProxyContext>,
 }
 
 impl InboundPlain {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        let listener =
-            socket::transparent_listener(addr).map_err(|cause| BindError { name: "inbound plaintext", addr, cause })?;
-        Ok(Self { listener, ctx })
+        Ok(Self { listener: Listener::bind("inbound plaintext", addr)?, ctx })
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener.address()
     }
 
     pub fn socket(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+        self.listener.socket()
     }
 
     pub async fn run(self, drain: Drain) {
-        info!(listener = "inbound plaintext", address = %self.address(), "listening");
-        loop {
-            let accepted = tokio::select! {
-                () = drain.signaled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    drain.spawn(handle(self.ctx.clone(), stream, peer));
-                }
-                Err(error) => debug!(listener = "inbound plaintext", %error, "accept failed"),
-            }
-        }
+        let ctx = self.ctx;
+        self.listener.serve(drain, |stream, peer| handle(ctx.clone(), stream, peer)).await;
     }
 }
 

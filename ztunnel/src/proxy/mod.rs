@@ -15,6 +15,7 @@ mod error;
 mod hbone_dial;
 pub mod inbound;
 pub mod inbound_plain;
+mod listener;
 pub mod outbound;
 mod record;
 mod relay;

@@ -13,7 +13,7 @@
 //! 5. log.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use mesh::config::{Snapshot, Workload};
@@ -22,10 +22,11 @@ use mesh::hbone::HboneError;
 use mesh::hbone::headers::{PeerInfo, connect_headers};
 use mesh::hbone::pool::PoolKey;
 use mesh::http_server::BindError;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, info, info_span};
+use tracing::{Instrument as _, info_span};
 
+use super::listener::Listener;
 use super::record::{Record, peer_labels};
 use super::relay::{RelayEnd, relay, relay_opening};
 use super::{ProxyContext, ProxyError, hbone_dial, socket};
@@ -33,42 +34,27 @@ use crate::metrics::ConnectionLabels;
 
 #[derive(Debug)]
 pub struct Outbound {
-    listener: TcpListener,
+    listener: Listener,
     ctx: Arc<ProxyContext>,
 }
 
 impl Outbound {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        let listener =
-            socket::transparent_listener(addr).map_err(|cause| BindError { name: "outbound", addr, cause })?;
-        Ok(Self { listener, ctx })
+        Ok(Self { listener: Listener::bind("outbound", addr)?, ctx })
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener.address()
     }
 
     /// The listening socket, for capture to register in its sockmap.
     pub fn socket(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+        self.listener.socket()
     }
 
     pub async fn run(self, drain: Drain) {
-        info!(listener = "outbound", address = %self.address(), "listening");
-        loop {
-            let accepted = tokio::select! {
-                () = drain.signaled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    drain.spawn(handle(self.ctx.clone(), stream, peer));
-                }
-                // Out of file descriptors and the like: the connection is
-                // lost, the listener is not.
-                Err(error) => debug!(listener = "outbound", %error, "accept failed"),
-            }
-        }
+        let ctx = self.ctx;
+        self.listener.serve(drain, |stream, peer| handle(ctx.clone(), stream, peer)).await;
     }
 }
 

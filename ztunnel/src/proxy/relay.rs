@@ -112,14 +112,7 @@ pub(super) async fn relay_tunnel(
     metrics: &crate::metrics::ByteCounters,
     cancel: &CancellationToken,
 ) -> RelayEnd {
-    let from_client = |n: u64| {
-        totals.received.fetch_add(n, Ordering::Relaxed);
-        metrics.received.increment(n);
-    };
-    let to_client = |n: u64| {
-        totals.sent.fetch_add(n, Ordering::Relaxed);
-        metrics.sent.increment(n);
-    };
+    let (from_client, to_client) = tallies(totals, metrics);
     tokio::select! {
         result = mesh::hbone::copy::relay(socket.split(), tunnel, &to_client, &from_client) => match result {
             Ok(()) => RelayEnd::Done,
@@ -139,6 +132,20 @@ pub(super) async fn relay_opening(
     metrics: &crate::metrics::ByteCounters,
 ) -> RelayEnd {
     use mesh::hbone::copy::RelayError;
+    let (from_client, to_client) = tallies(totals, metrics);
+    match mesh::hbone::copy::relay_opening(socket.split(), pending, &from_client, &to_client).await {
+        Ok(()) => RelayEnd::Done,
+        Err(RelayError::Refused(status)) => RelayEnd::Refused(status),
+        Err(RelayError::Io(error)) => RelayEnd::Failed(error),
+    }
+}
+
+/// Counters for bytes from and to the client: the connection's totals and
+/// its live metrics.
+fn tallies<'a>(
+    totals: &'a Totals,
+    metrics: &'a crate::metrics::ByteCounters,
+) -> (impl Fn(u64) + Sync + 'a, impl Fn(u64) + Sync + 'a) {
     let from_client = |n: u64| {
         totals.received.fetch_add(n, Ordering::Relaxed);
         metrics.received.increment(n);
@@ -147,9 +154,5 @@ pub(super) async fn relay_opening(
         totals.sent.fetch_add(n, Ordering::Relaxed);
         metrics.sent.increment(n);
     };
-    match mesh::hbone::copy::relay_opening(socket.split(), pending, &from_client, &to_client).await {
-        Ok(()) => RelayEnd::Done,
-        Err(RelayError::Refused(status)) => RelayEnd::Refused(status),
-        Err(RelayError::Io(error)) => RelayEnd::Failed(error),
-    }
+    (from_client, to_client)
 }
