@@ -66,23 +66,36 @@ where
     W: AsyncWrite + Unpin,
 {
     let PendingStream { send, response, guard: _guard } = pending;
+    // The answer's status, once known: a refusal also resets the stream, so
+    // the upload can fail first; the status says which error to report.
+    let (status_tx, status_rx) = tokio::sync::oneshot::channel();
     let up = async { io_to_h2(&mut read_half, send, from_io).await.map_err(RelayError::Io) };
     let down = async {
         let response = response.await.map_err(|e| RelayError::Io(super::stream::to_io(e)))?;
+        let _ = status_tx.send(response.status());
         if response.status() != http::StatusCode::OK {
             return Err(RelayError::Refused(response.status()));
         }
         h2_to_io(response.into_body(), Bytes::new(), &mut write_half, from_stream).await.map_err(RelayError::Io)
     };
-    // A refusal must stop the upload too, so this is not a plain join.
     tokio::pin!(up, down);
     let mut up_done = false;
     loop {
         tokio::select! {
-            result = &mut up, if !up_done => {
-                result?;
-                up_done = true;
-            }
+            result = &mut up, if !up_done => match result {
+                Ok(()) => up_done = true,
+                Err(error) => {
+                    // Did the peer refuse? Then that is the error, not its echo.
+                    let refused = tokio::select! {
+                        status = status_rx => status.ok().filter(|s| *s != http::StatusCode::OK),
+                        result = &mut down => match result {
+                            Err(RelayError::Refused(status)) => Some(status),
+                            _ => None,
+                        },
+                    };
+                    return Err(refused.map_or(error, RelayError::Refused));
+                }
+            },
             result = &mut down => {
                 result?;
                 if up_done {

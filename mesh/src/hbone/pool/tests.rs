@@ -285,3 +285,27 @@ async fn optimistic_open_relays_and_reports_refusals() {
     let result = relay_opening(tokio::io::split(ours), pending, &none, &none).await;
     assert!(matches!(result, Err(RelayError::Refused(StatusCode::UNAUTHORIZED))), "{result:?}");
 }
+
+/// A refusal resets the stream, which can end a busy upload before the
+/// answer is read; the relay must still report the refusal.
+#[tokio::test]
+async fn refusal_is_reported_even_when_the_upload_fails_first() {
+    use crate::hbone::copy::{RelayError, relay_opening};
+    let f = fixture().await;
+    let (pool, key) = pool(&f, 100, Duration::from_secs(60));
+    let none = |_: u64| {};
+    let (ours, mut theirs) = tokio::io::duplex(1024 * 1024);
+    let pending = pool.open(&key, "10.1.0.3:401".parse().unwrap(), HeaderMap::new()).await.unwrap();
+    // More than the stream window, so the upload is still sending when the
+    // reset arrives.
+    tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..256 {
+            if theirs.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = relay_opening(tokio::io::split(ours), pending, &none, &none).await;
+    assert!(matches!(result, Err(RelayError::Refused(StatusCode::UNAUTHORIZED))), "{result:?}");
+}
