@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod kube;
 mod setup;
 mod sweep;
 
@@ -26,6 +27,8 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Build (once, cached) the real kube-apiserver the controller's tests use.
+    KubeApiserver,
     /// Bring up a local two-node mesh, show capture at work, clean up on Ctrl-C.
     Demo,
     /// Run a benchmark against release builds and record it in BENCHMARKS.md.
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
+        Task::KubeApiserver => kube::ensure_apiserver().map(|path| eprintln!("kube-apiserver: {}", path.display())),
         Task::Bench { suite: Suite::L4, bench_args } => bench_l4(&bench_args),
     }
 }

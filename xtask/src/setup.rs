@@ -23,7 +23,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     rust_src()?;
     bpf_linker()?;
-    debian_packages()
+    apt_install(DEBIAN_PACKAGES)
 }
 
 fn is_root() -> anyhow::Result<bool> {
@@ -106,8 +106,9 @@ fn symlink_fresh(target: &Path, link: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {}", link.display()))
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` that are not installed yet.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
