@@ -3,6 +3,8 @@
 //!
 //! * [`config`]: the mesh config model (workloads, services, namespaces), its
 //!   YAML form, validation and lookup index.
+//! * [`control`]: the protocol agents speak with the controller (config
+//!   stream and certificate signing).
 //! * [`drain`]: the one shutdown primitive every listener and task uses.
 //! * [`http_server`]: the small HTTP/1 server behind readiness, admin and
 //!   metrics endpoints.
@@ -11,6 +13,8 @@
 pub mod authz;
 pub mod ca;
 pub mod config;
+pub mod control;
+pub mod dir_watch;
 pub mod drain;
 pub mod hbone;
 pub mod http_server;

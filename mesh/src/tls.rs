@@ -169,7 +169,22 @@ fn algorithms() -> &'static WebPkiSupportedAlgorithms {
 
 /// Accepts HBONE as `cert`: the identity of the workload the connection is for.
 pub fn server_config(cert: &WorkloadCertificate, trust: &TrustBundle) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = Arc::new(SpiffeClientVerifier { trust: trust.clone() });
+    peer_server_config(cert, trust, true)
+}
+
+/// The controller's endpoint: like [`server_config`], but a client may come
+/// without a certificate (an agent asking for its first one; it proves who
+/// it is with a credential instead).
+pub fn control_server_config(cert: &WorkloadCertificate, trust: &TrustBundle) -> Result<Arc<ServerConfig>, TlsError> {
+    peer_server_config(cert, trust, false)
+}
+
+fn peer_server_config(
+    cert: &WorkloadCertificate,
+    trust: &TrustBundle,
+    client_cert_required: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = Arc::new(SpiffeClientVerifier { trust: trust.clone(), required: client_cert_required });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -186,12 +201,25 @@ pub fn client_config(
     trust: &TrustBundle,
     expected: Vec<Identity>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    control_client_config(Some(cert), trust, expected)
+}
+
+/// Like [`client_config`], with no client certificate when `cert` is `None`
+/// (an agent's first request to the controller).
+pub fn control_client_config(
+    cert: Option<&WorkloadCertificate>,
+    trust: &TrustBundle,
+    expected: Vec<Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = Arc::new(SpiffeServerVerifier { trust: trust.clone(), expected });
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(cert.chain.clone(), cert.key())?;
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match cert {
+        Some(cert) => builder.with_client_auth_cert(cert.chain.clone(), cert.key())?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     config.resumption = rustls::client::Resumption::disabled();
@@ -234,9 +262,14 @@ macro_rules! handshake_signatures {
 #[derive(Debug)]
 struct SpiffeClientVerifier {
     trust: TrustBundle,
+    required: bool,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }

@@ -6,6 +6,7 @@
 //! camelCase. [`Snapshot`] validates them and builds the lookup index the
 //! data path uses.
 
+pub mod delta;
 mod enrollment;
 pub mod policy;
 mod snapshot;

@@ -1,0 +1,219 @@
+//! Incremental config updates: what changed between two [`MeshConfig`]s, by
+//! object key, and applying that to a copy of the older one. The controller
+//! sends deltas after the first full config, so one pod's change costs the
+//! agents one workload on the wire, not the world.
+//!
+//! Keys: namespaces by name, workloads by UID, everything else by
+//! `namespace/name`. A config's lists are kept sorted by key
+//! ([`MeshConfig::canonicalize`]), so equal configs compare equal.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::Resource;
+use super::{MeshConfig, Namespace, Service, Workload};
+
+/// An object with a stable key within its kind.
+pub trait Keyed {
+    fn object_key(&self) -> String;
+}
+
+impl Keyed for Namespace {
+    fn object_key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl Keyed for Workload {
+    fn object_key(&self) -> String {
+        self.uid.clone()
+    }
+}
+
+impl Keyed for Service {
+    fn object_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl<S> Keyed for Resource<S> {
+    fn object_key(&self) -> String {
+        self.key()
+    }
+}
+
+/// Objects of one kind that were added or changed, and keys that went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KindDelta<T> {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upserted: Vec<T>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl<T> Default for KindDelta<T> {
+    fn default() -> Self {
+        Self { upserted: Vec::new(), removed: Vec::new() }
+    }
+}
+
+impl<T: Keyed + Clone + PartialEq> KindDelta<T> {
+    fn between(old: &[T], new: &[T]) -> Self {
+        let old: BTreeMap<String, &T> = old.iter().map(|o| (o.object_key(), o)).collect();
+        let new_keys: BTreeMap<String, &T> = new.iter().map(|o| (o.object_key(), o)).collect();
+        let upserted = new_keys
+            .iter()
+            .filter(|(key, object)| old.get(*key).is_none_or(|before| before != *object))
+            .map(|(_, object)| (*object).clone())
+            .collect();
+        let removed = old.keys().filter(|key| !new_keys.contains_key(*key)).cloned().collect();
+        Self { upserted, removed }
+    }
+
+    fn apply_to(&self, list: &mut Vec<T>) {
+        let mut by_key: BTreeMap<String, T> = list.drain(..).map(|o| (o.object_key(), o)).collect();
+        for key in &self.removed {
+            by_key.remove(key);
+        }
+        for object in &self.upserted {
+            by_key.insert(object.object_key(), object.clone());
+        }
+        list.extend(by_key.into_values());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Everything that changed from one config to the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigDelta {
+    #[serde(default)]
+    pub namespaces: KindDelta<Namespace>,
+    #[serde(default)]
+    pub workloads: KindDelta<Workload>,
+    #[serde(default)]
+    pub services: KindDelta<Service>,
+    #[serde(default)]
+    pub authorization_policies: KindDelta<super::policy::AuthorizationPolicy>,
+    #[serde(default)]
+    pub peer_authentications: KindDelta<super::policy::PeerAuthentication>,
+    /// The new config's root namespace (always sent; it is one string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_namespace: Option<String>,
+}
+
+impl ConfigDelta {
+    /// What turns `old` into `new`.
+    pub fn between(old: &MeshConfig, new: &MeshConfig) -> Self {
+        Self {
+            namespaces: KindDelta::between(&old.namespaces, &new.namespaces),
+            workloads: KindDelta::between(&old.workloads, &new.workloads),
+            services: KindDelta::between(&old.services, &new.services),
+            authorization_policies: KindDelta::between(&old.authorization_policies, &new.authorization_policies),
+            peer_authentications: KindDelta::between(&old.peer_authentications, &new.peer_authentications),
+            root_namespace: new.root_namespace.clone(),
+        }
+    }
+
+    /// `base` with this delta applied (lists come out sorted by key).
+    pub fn apply(&self, base: &MeshConfig) -> MeshConfig {
+        let mut config = base.clone();
+        self.namespaces.apply_to(&mut config.namespaces);
+        self.workloads.apply_to(&mut config.workloads);
+        self.services.apply_to(&mut config.services);
+        self.authorization_policies.apply_to(&mut config.authorization_policies);
+        self.peer_authentications.apply_to(&mut config.peer_authentications);
+        config.root_namespace.clone_from(&self.root_namespace);
+        config
+    }
+
+    /// Objects added, changed or removed (for logs and metrics).
+    pub fn changed_objects(&self) -> usize {
+        fn count<T>(kind: &KindDelta<T>) -> usize {
+            kind.upserted.len() + kind.removed.len()
+        }
+        count(&self.namespaces)
+            + count(&self.workloads)
+            + count(&self.services)
+            + count(&self.authorization_policies)
+            + count(&self.peer_authentications)
+    }
+}
+
+impl MeshConfig {
+    /// Sorts every list by object key, the canonical order deltas produce.
+    pub fn canonicalize(&mut self) {
+        fn sort<T: Keyed>(list: &mut [T]) {
+            list.sort_by_cached_key(Keyed::object_key);
+        }
+        sort(&mut self.namespaces);
+        sort(&mut self.workloads);
+        sort(&mut self.services);
+        sort(&mut self.authorization_policies);
+        sort(&mut self.peer_authentications);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(uid: &str, node: &str) -> Workload {
+        Workload {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "mesh".into(),
+            service_account: "default".into(),
+            node: node.into(),
+            ips: vec![],
+            ..Default::default()
+        }
+    }
+
+    fn config(workloads: Vec<Workload>, namespaces: &[&str]) -> MeshConfig {
+        let mut config = MeshConfig {
+            workloads,
+            namespaces: namespaces.iter().map(|n| Namespace { name: (*n).into(), ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        config.canonicalize();
+        config
+    }
+
+    #[test]
+    fn a_delta_carries_only_what_changed() {
+        let old = config(vec![workload("a", "n1"), workload("b", "n1"), workload("c", "n1")], &["mesh", "gone"]);
+        let new = config(vec![workload("a", "n1"), workload("b", "n2"), workload("d", "n1")], &["mesh"]);
+        let delta = ConfigDelta::between(&old, &new);
+        let upserted: Vec<_> = delta.workloads.upserted.iter().map(|w| w.uid.as_str()).collect();
+        assert_eq!(upserted, ["b", "d"]);
+        assert_eq!(delta.workloads.removed, ["c"]);
+        assert_eq!(delta.namespaces.removed, ["gone"]);
+        assert!(delta.services.is_empty());
+        assert_eq!(delta.changed_objects(), 4);
+        assert_eq!(delta.apply(&old), new);
+    }
+
+    #[test]
+    fn no_change_is_an_empty_delta_and_round_trips_as_json() {
+        let old = config(vec![workload("a", "n1")], &["mesh"]);
+        let delta = ConfigDelta::between(&old, &old);
+        assert_eq!(delta.changed_objects(), 0);
+        let json = serde_json::to_string(&delta).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<ConfigDelta>(&json).ok(), Some(delta.clone()));
+        assert_eq!(delta.apply(&old), old);
+    }
+
+    #[test]
+    fn applying_to_an_unsorted_base_yields_the_canonical_order() {
+        let mut base = config(vec![workload("b", "n1"), workload("a", "n1")], &[]);
+        base.workloads.reverse();
+        let new = config(vec![workload("a", "n1"), workload("b", "n1"), workload("c", "n1")], &[]);
+        assert_eq!(ConfigDelta::between(&base, &new).apply(&base), new);
+    }
+}
