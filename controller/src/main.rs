@@ -1,20 +1,73 @@
-//! ambit's control plane: watches Kubernetes, signs workload certificates and streams config to every ztunnel and waypoint.
-//!
-//! Only the command line exists so far; the component itself is built in a
-//! later issue (see ARCHITECTURE.md). Running it says so and fails, rather
-//! than pretending to work.
+//! ambit's control plane: reads Kubernetes objects (from a directory of
+//! YAML in local mode), translates them into the mesh config model, streams
+//! that to every agent, and is the mesh's CA.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+mod app;
+mod authority;
+mod credentials;
+mod local_dir;
+mod metrics;
+mod reconcile;
+mod resources;
+mod server;
+mod store;
+mod translate;
 
-#[derive(Debug, Parser)]
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser as _;
+
+#[derive(Clone, Debug, clap::Parser)]
 #[command(
     version,
-    about = "ambit's control plane: watches Kubernetes, signs workload certificates and streams config to every ztunnel and waypoint"
+    about = "ambit's control plane: translates Kubernetes objects into mesh config, streams it to every agent, and signs workload certificates"
 )]
-struct Args {}
+pub struct Settings {
+    /// Local-directory mode: read the objects users would `kubectl apply`
+    /// (Namespaces, Pods, Services, Istio policies) from this directory's
+    /// YAML files, and follow changes.
+    #[arg(long, env = "AMBIT_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Where the mesh root CA's certificate and key are; created on first
+    /// start if absent.
+    #[arg(long, env = "AMBIT_CA_DIR")]
+    pub ca_dir: PathBuf,
+    /// Per-node bootstrap credentials (YAML: `node-name: token`).
+    #[arg(long, env = "AMBIT_NODE_CREDENTIALS")]
+    pub node_credentials: PathBuf,
+    /// The control endpoint agents connect to.
+    #[arg(long, env = "AMBIT_LISTEN", default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// Prometheus metrics (`/metrics`) and readiness (`/ready`).
+    #[arg(long, env = "AMBIT_METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Policies in this namespace apply mesh-wide (Istio's root namespace).
+    #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = mesh::authz::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, env = "AMBIT_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Logs as JSON lines (for collectors and tests) instead of text.
+    #[arg(long, env = "AMBIT_LOG_JSON")]
+    pub log_json: bool,
+}
 
 fn main() -> anyhow::Result<()> {
-    let Args {} = Args::parse();
-    anyhow::bail!("the controller is not implemented yet; see ARCHITECTURE.md for the plan")
+    let settings = Settings::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)?;
+    if settings.log_json {
+        tracing_subscriber::fmt().json().flatten_event(true).with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = runtime.block_on(app::run(settings));
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "controller failed");
+    }
+    result
 }

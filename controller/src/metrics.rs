@@ -1,0 +1,20 @@
+//! The controller's own metrics (Prometheus, on its metrics port).
+
+pub const CONNECTED_AGENTS: &str = "ambit_controller_connected_agents";
+pub const PUSH_SECONDS: &str = "ambit_controller_push_seconds";
+pub const CONFIG_VERSION: &str = "ambit_controller_config_version";
+pub const RECONCILE_ERRORS: &str = "ambit_controller_reconcile_errors_total";
+pub const CERTIFICATES: &str = "ambit_controller_certificates_total";
+
+pub fn describe() {
+    metrics::describe_gauge!(CONNECTED_AGENTS, "Agents following the config stream right now.");
+    metrics::describe_histogram!(
+        PUSH_SECONDS,
+        metrics::Unit::Seconds,
+        "From a config version's publication to its hand-over to an agent's connection."
+    );
+    metrics::describe_gauge!(CONFIG_VERSION, "The config version in force.");
+    metrics::describe_counter!(RECONCILE_ERRORS, "Objects or configs rejected, by kind.");
+    metrics::describe_counter!(CERTIFICATES, "Certificate requests, by result (issued or refused).");
+    metrics::gauge!("istio_build", "component" => "controller", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
+}

@@ -1,0 +1,94 @@
+//! From object changes to a published config: translate each change, then
+//! check the assembled config as an agent would and publish it. A config
+//! that agents would refuse (two pods claiming one IP, say) is not
+//! published; the last good one stays in force.
+
+use mesh::config::Snapshot;
+use tracing::{error, info, warn};
+
+use crate::metrics::{CONFIG_VERSION, RECONCILE_ERRORS};
+use crate::resources::{Object, ObjectKey};
+use crate::store::Store;
+use crate::translate::{Outcome, Translator};
+
+#[derive(Clone, Debug)]
+pub enum Change {
+    Upsert(Object),
+    Delete(ObjectKey),
+}
+
+/// An object whose latest version is rejected (its `Accepted=False`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub object: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Reconciler {
+    translator: Translator,
+    store: Store,
+    rejections: tokio::sync::watch::Sender<Vec<Rejection>>,
+}
+
+impl Reconciler {
+    pub fn new(root_namespace: &str, store: Store) -> Self {
+        let rejections = tokio::sync::watch::channel(Vec::new()).0;
+        Self { translator: Translator::new(root_namespace), store, rejections }
+    }
+
+    /// Rejected objects and why, kept current (served on `/status`).
+    pub fn rejections(&self) -> tokio::sync::watch::Receiver<Vec<Rejection>> {
+        self.rejections.subscribe()
+    }
+
+    /// Applies a batch of changes and publishes the result. Returns the
+    /// outcome of each upserted object (for status), and the version in force.
+    pub fn apply(&mut self, changes: Vec<Change>) -> (Vec<(ObjectKey, Outcome)>, u64) {
+        let mut outcomes = Vec::new();
+        for change in changes {
+            match change {
+                Change::Upsert(object) => {
+                    let key = object.key();
+                    let outcome = self.translator.upsert(&object);
+                    if let Outcome::Rejected(reason) = &outcome {
+                        metrics::counter!(RECONCILE_ERRORS, "kind" => format!("{:?}", key.kind)).increment(1);
+                        warn!(object = %key, %reason, "rejected; its last good version stays in force");
+                    }
+                    outcomes.push((key, outcome));
+                }
+                Change::Delete(key) => self.translator.remove(&key),
+            }
+        }
+        let rejections = self
+            .translator
+            .rejected()
+            .iter()
+            .map(|(key, reason)| Rejection { object: key.to_string(), reason: reason.clone() })
+            .collect();
+        self.rejections.send_if_modified(|current| {
+            let changed = *current != rejections;
+            *current = rejections;
+            changed
+        });
+        (outcomes, self.publish())
+    }
+
+    fn publish(&self) -> u64 {
+        let config = self.translator.config();
+        if let Err(cause) = Snapshot::new(config.clone()) {
+            metrics::counter!(RECONCILE_ERRORS, "kind" => "config").increment(1);
+            let kept = self.store.current().version;
+            error!(%cause, kept_version = kept, "the assembled config is invalid; keeping the last good one");
+            return kept;
+        }
+        let (workloads, services) = (config.workloads.len(), config.services.len());
+        let before = self.store.current().version;
+        let version = self.store.publish(config);
+        if version != before {
+            metrics::gauge!(CONFIG_VERSION).set(version as f64);
+            info!(version, workloads, services, "config published");
+        }
+        version
+    }
+}

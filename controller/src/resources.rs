@@ -1,0 +1,164 @@
+//! The Kubernetes objects the controller reads, whether from the API server
+//! or from a directory of YAML: their kinds, keys and parsing.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use mesh::config::policy::{AuthorizationPolicy, PeerAuthentication};
+
+/// The kinds that feed the mesh config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    AuthorizationPolicy,
+    PeerAuthentication,
+}
+
+/// A kind and a namespaced name; namespaces have an empty `namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{:?} {}", self.kind, self.name)
+        } else {
+            write!(f, "{:?} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
+    PeerAuthentication(Box<PeerAuthentication>),
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        let (kind, namespace, name) = match self {
+            Self::Namespace(o) => (Kind::Namespace, None, o.metadata.name.clone()),
+            Self::Pod(o) => (Kind::Pod, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Self::Service(o) => (Kind::Service, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Self::AuthorizationPolicy(o) => {
+                (Kind::AuthorizationPolicy, Some(o.metadata.namespace.clone()), Some(o.metadata.name.clone()))
+            }
+            Self::PeerAuthentication(o) => {
+                (Kind::PeerAuthentication, Some(o.metadata.namespace.clone()), Some(o.metadata.name.clone()))
+            }
+        };
+        ObjectKey { kind, namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("document {index}: {cause}")]
+    Yaml { index: usize, cause: String },
+    #[error("document {index} ({kind}): {cause}")]
+    Object { index: usize, kind: String, cause: String },
+}
+
+/// What a YAML text held: objects of the kinds we read, and the kinds we
+/// skipped (other resources may share the directory).
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub objects: Vec<Object>,
+    pub skipped: Vec<String>,
+}
+
+/// Parses multi-document YAML, as `kubectl apply -f` takes it. Objects
+/// without a namespace land in `default`, as kubectl would put them.
+pub fn parse_documents(text: &str) -> Result<Parsed, ParseError> {
+    let mut parsed = Parsed::default();
+    for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let value =
+            yaml_serde::Value::deserialize(document).map_err(|e| ParseError::Yaml { index, cause: e.to_string() })?;
+        if value.is_null() {
+            continue;
+        }
+        let field = |name: &str| value.get(name).and_then(yaml_serde::Value::as_str).unwrap_or_default().to_owned();
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        let object_error = |cause: String| ParseError::Object { index, kind: kind.clone(), cause };
+        let group = api_version.split_once('/').map_or("", |(group, _)| group);
+        let object = match (group, kind.as_str()) {
+            ("", "Namespace") => Object::Namespace(Box::new(from_value(value.clone()).map_err(object_error)?)),
+            ("", "Pod") => Object::Pod(Box::new(from_value(value.clone()).map_err(object_error)?)),
+            ("", "Service") => Object::Service(Box::new(from_value(value.clone()).map_err(object_error)?)),
+            ("security.istio.io", "AuthorizationPolicy") => {
+                Object::AuthorizationPolicy(Box::new(from_value(value.clone()).map_err(object_error)?))
+            }
+            ("security.istio.io", "PeerAuthentication") => {
+                Object::PeerAuthentication(Box::new(from_value(value.clone()).map_err(object_error)?))
+            }
+            _ => {
+                parsed.skipped.push(format!("{api_version} {kind}"));
+                continue;
+            }
+        };
+        parsed.objects.push(default_namespace(object));
+    }
+    Ok(parsed)
+}
+
+use serde::Deserialize as _;
+
+fn from_value<T: serde::de::DeserializeOwned>(value: yaml_serde::Value) -> Result<T, String> {
+    yaml_serde::from_value(value).map_err(|e| e.to_string())
+}
+
+fn default_namespace(mut object: Object) -> Object {
+    const DEFAULT: &str = "default";
+    match &mut object {
+        Object::Namespace(_) => {}
+        Object::Pod(o) => {
+            o.metadata.namespace.get_or_insert_with(|| DEFAULT.into());
+        }
+        Object::Service(o) => {
+            o.metadata.namespace.get_or_insert_with(|| DEFAULT.into());
+        }
+        Object::AuthorizationPolicy(o) if o.metadata.namespace.is_empty() => {
+            DEFAULT.clone_into(&mut o.metadata.namespace)
+        }
+        Object::PeerAuthentication(o) if o.metadata.namespace.is_empty() => {
+            DEFAULT.clone_into(&mut o.metadata.namespace)
+        }
+        _ => {}
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_kinds_it_knows_and_skips_the_rest() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh}\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n\
+                    apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\n\
+                    spec: {action: DENY}\n---\n";
+        let parsed = parse_documents(text).unwrap_or_default();
+        let keys: Vec<String> = parsed.objects.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(keys, ["Namespace mesh", "AuthorizationPolicy default/deny"]);
+        assert_eq!(parsed.skipped, ["v1 ConfigMap"]);
+    }
+
+    #[test]
+    fn names_the_bad_document() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Pod\nspec: 7\n";
+        let error = parse_documents(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.starts_with("document 1 (Pod)"), "{error}");
+        let error = parse_documents("a: [").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.starts_with("document 0"), "{error}");
+    }
+}

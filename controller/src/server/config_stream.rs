@@ -1,0 +1,119 @@
+//! `GET /v1/config`: a full config, then a delta per new version, one JSON
+//! document per line. Each agent has its own task following the store;
+//! the store never waits for it, so a slow agent only falls behind itself
+//! (and then gets one delta spanning the versions it missed).
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::StatusCode;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
+use mesh::config::delta::ConfigDelta;
+use mesh::control::{ResumeFrom, Update, UpdateBody, ztunnel_identity};
+use mesh::drain::Drain;
+use mesh::identity::Identity;
+use tokio::sync::mpsc;
+use tracing::{Instrument as _, debug, info, info_span};
+
+use super::{Response, Shared, text};
+use crate::metrics::{CONNECTED_AGENTS, PUSH_SECONDS};
+use crate::store::Published;
+
+pub async fn open(
+    request: &hyper::Request<hyper::body::Incoming>,
+    shared: &Shared,
+    node: &str,
+    peer: Option<&Identity>,
+    drain: &Drain,
+) -> Response {
+    let agent = ztunnel_identity(shared.ca.trust_domain());
+    if peer != Some(&agent) {
+        return text(StatusCode::FORBIDDEN, format!("the config stream needs mutual TLS as {agent}"));
+    }
+    let since = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("since=")))
+        .and_then(ResumeFrom::parse);
+    // One message in flight per agent: a slow agent holds only its own task.
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let store = shared.store.clone();
+    let task_drain = drain.clone();
+    drain.spawn(
+        async move {
+            tokio::select! {
+                () = follow(&store, since, &tx) => {}
+                () = task_drain.signaled() => {}
+            }
+        }
+        .instrument(info_span!("config_stream", %node)),
+    );
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(Frame::data(chunk)), rx))
+    });
+    let mut response = hyper::Response::new(StreamBody::new(frames.boxed()).boxed_unsync());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
+/// Counts connected agents while alive.
+struct Connected;
+
+impl Connected {
+    fn new() -> Self {
+        metrics::gauge!(CONNECTED_AGENTS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTED_AGENTS).decrement(1.0);
+    }
+}
+
+async fn follow(store: &crate::store::Store, since: Option<ResumeFrom>, tx: &mpsc::Sender<Bytes>) {
+    let _connected = Connected::new();
+    let mut versions = store.subscribe();
+    // Never hand out the empty config of a controller that has not read its
+    // sources yet: agents would drop everything they know.
+    let mut sent = match versions.wait_for(|p| p.version > 0).await {
+        Ok(first) => first.clone(),
+        Err(_) => return,
+    };
+    versions.mark_unchanged();
+    let body = first_update_body(&sent, since.as_ref());
+    info!(version = sent.version, resumed = matches!(body, UpdateBody::Delta { .. }), "agent following config");
+    if send(tx, &sent, body).await.is_err() {
+        return;
+    }
+    while versions.changed().await.is_ok() {
+        let now = versions.borrow_and_update().clone();
+        let body = UpdateBody::Delta { from: sent.version, changes: ConfigDelta::between(&sent.config, &now.config) };
+        if send(tx, &now, body).await.is_err() {
+            return;
+        }
+        sent = now;
+    }
+}
+
+/// A delta from the agent's version when this controller still has it,
+/// else the full config.
+fn first_update_body(current: &Published, since: Option<&ResumeFrom>) -> UpdateBody {
+    let base =
+        since.filter(|s| s.epoch == current.epoch).and_then(|s| Some((s.version, current.at_version(s.version)?)));
+    match base {
+        Some((from, base)) => UpdateBody::Delta { from, changes: ConfigDelta::between(base, &current.config) },
+        None => UpdateBody::Full((*current.config).clone()),
+    }
+}
+
+async fn send(tx: &mpsc::Sender<Bytes>, published: &Published, body: UpdateBody) -> Result<(), ()> {
+    let update = Update { epoch: published.epoch.clone(), version: published.version, body };
+    let mut line = serde_json::to_vec(&update).map_err(|error| debug!(%error, "cannot encode update"))?;
+    line.push(b'\n');
+    tx.send(Bytes::from(line)).await.map_err(|_| debug!("agent went away"))?;
+    metrics::histogram!(PUSH_SECONDS).record(published.at.elapsed().as_secs_f64());
+    Ok(())
+}

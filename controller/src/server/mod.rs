@@ -1,0 +1,141 @@
+//! The control endpoint agents connect to: HTTP/2 over TLS 1.3 (see
+//! `mesh::control` for the protocol). Same shape as every listener:
+//! [`ControlServer::new`] binds and fails fast, [`ControlServer::address`],
+//! then [`ControlServer::run`].
+
+mod certificates;
+mod config_stream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh::ca::CertificateAuthority;
+use mesh::control::{CERTIFICATES_PATH, CONFIG_PATH};
+use mesh::drain::Drain;
+use mesh::identity::Identity;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{Instrument as _, debug, info, info_span};
+
+use crate::credentials::NodeCredentials;
+use crate::store::Store;
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Response = hyper::Response<Body>;
+
+/// Longest certificate lifetime an agent may ask for.
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// What every request handler needs.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Store,
+    pub ca: CertificateAuthority,
+    pub credentials: NodeCredentials,
+}
+
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: TcpListener,
+}
+
+impl ControlServer {
+    pub fn new(addr: SocketAddr) -> Result<Self, mesh::http_server::BindError> {
+        Ok(Self { listener: mesh::http_server::bind("control", addr)? })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until drained. `tls` is re-read for every connection, so a
+    /// renewed serving certificate takes effect without a restart.
+    pub async fn run(self, shared: Arc<Shared>, tls: watch::Receiver<Arc<ServerConfig>>, drain: Drain) {
+        info!(address = %self.address(), "control endpoint listening");
+        loop {
+            let accepted = tokio::select! {
+                () = drain.signaled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let Ok((stream, peer)) = accepted else { continue };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
+            let (shared, conn_drain) = (shared.clone(), drain.clone());
+            let span = info_span!("agent", %peer);
+            drain.spawn(
+                async move {
+                    let _ = stream.set_nodelay(true);
+                    let tls = match acceptor.accept(stream).await {
+                        Ok(tls) => tls,
+                        Err(error) => return debug!(%error, "TLS handshake failed"),
+                    };
+                    let peer_identity = mesh::tls::peer_identity(tls.get_ref().1);
+                    serve_connection(tls, shared, peer_identity, conn_drain).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>, peer: Option<Identity>, drain: Drain)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handler_drain = drain.clone();
+    let service = service_fn(move |request| {
+        let (shared, peer, drain) = (shared.clone(), peer.clone(), handler_drain.clone());
+        async move { Ok::<_, Infallible>(route(request, &shared, peer.as_ref(), &drain).await) }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.signaled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, "agent connection ended");
+    }
+}
+
+async fn route(request: hyper::Request<Incoming>, shared: &Shared, peer: Option<&Identity>, drain: &Drain) -> Response {
+    let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(node) = shared.credentials.node_for(authorization).map(str::to_owned) else {
+        return text(StatusCode::UNAUTHORIZED, "a valid node credential is required");
+    };
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, CERTIFICATES_PATH) => certificates::sign(request, shared, &node).await,
+        (&Method::GET, CONFIG_PATH) => config_stream::open(&request, shared, &node, peer, drain).await,
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+pub fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(message.into())).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}
+
+pub fn json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => hyper::Response::new(Full::new(Bytes::from(body)).boxed_unsync()),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
