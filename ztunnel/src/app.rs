@@ -9,6 +9,7 @@ use ambit_ebpf_common::{LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUN
 use anyhow::Context as _;
 use mesh::ca::{CaClient, CertificateAuthority};
 use mesh::config::Snapshot;
+use mesh::control::{ControlClient, RemoteCa};
 use mesh::drain::{Drain, DrainOutcome};
 use mesh::hbone::pool::Pool;
 use mesh::http_server::HttpServer;
@@ -21,6 +22,7 @@ use crate::admin::Admin;
 use crate::capture::{Capture, CaptureStatus};
 use crate::cli::Settings;
 use crate::config_file::{self, ConfigWatcher};
+use crate::controller_source::ControllerSource;
 use crate::identity::CertManager;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::inbound_plain::InboundPlain;
@@ -37,11 +39,9 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Result<()> {
     info!(settings = %serde_json::to_string(&settings)?, "starting ztunnel");
     let prometheus = crate::metrics::install()?;
-    let loaded = config_file::load(&settings.config)?;
-    let watcher = ConfigWatcher::new(&settings.config, loaded.text)?;
-    let state = State::new(loaded.snapshot);
+    let (source, certs) = config_source(&settings).await?;
+    let state = State::new(source.initial);
     let drain = Drain::new();
-    let certs = cert_manager(&settings)?;
     let pool = Pool::new(
         HboneDialer {
             certs: certs.clone(),
@@ -105,7 +105,10 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
         log_level,
     };
     drain.spawn(admin.serve(admin_server, drain.clone()));
-    drain.spawn(watcher.run(state.clone(), drain.clone()));
+    match source.follow {
+        Follow::File(watcher) => drain.spawn(watcher.run(state.clone(), drain.clone())),
+        Follow::Controller(controller) => drain.spawn(controller.follow(state.clone(), drain.clone())),
+    };
     drain.spawn(sync_loop(capture, ctx, status, settings.clone(), drain.clone()));
     info!(node = %settings.node, "ready");
 
@@ -119,13 +122,45 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     Ok(())
 }
 
-/// The CA, until the controller serves certificates: files the operator
-/// (or the test bed) provides.
-fn cert_manager(settings: &Settings) -> anyhow::Result<CertManager> {
-    let ca = CertificateAuthority::from_files(&settings.trust_domain, &settings.ca_cert, &settings.ca_key)?;
-    let ca: Arc<dyn CaClient> = Arc::new(Arc::new(ca));
-    let trust = TrustBundle::from_pem(&settings.trust_domain, &ca.roots_pem())?;
-    Ok(CertManager::new(ca, trust, settings.cert_ttl))
+/// Where config comes from after the first version.
+enum Follow {
+    File(ConfigWatcher),
+    Controller(Box<ControllerSource>),
+}
+
+struct ConfigSource {
+    initial: Snapshot,
+    follow: Follow,
+}
+
+/// Static mode: config from a file and a CA from key files. Controller
+/// mode: both from the controller (waiting for its first config).
+async fn config_source(settings: &Settings) -> anyhow::Result<(ConfigSource, CertManager)> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let roots_pem = read(&settings.ca_cert)?;
+    let trust = TrustBundle::from_pem(&settings.trust_domain, &roots_pem)?;
+    match (&settings.config, &settings.ca_key, settings.controller, &settings.node_credential) {
+        (Some(config), Some(ca_key), _, _) => {
+            let ca = CertificateAuthority::from_pem(&settings.trust_domain, &roots_pem, &read(ca_key)?)?;
+            let ca: Arc<dyn CaClient> = Arc::new(Arc::new(ca));
+            let loaded = config_file::load(config)?;
+            let watcher = ConfigWatcher::new(config, loaded.text)?;
+            let source = ConfigSource { initial: loaded.snapshot, follow: Follow::File(watcher) };
+            Ok((source, CertManager::new(ca, trust, settings.cert_ttl)))
+        }
+        (_, _, Some(addr), Some(credential)) => {
+            let client = ControlClient::new(addr, trust.clone(), read(credential)?, settings.node.clone());
+            let ca: Arc<dyn CaClient> = Arc::new(RemoteCa::new(client.clone(), roots_pem));
+            let mut controller = ControllerSource::new(client);
+            info!(%addr, "waiting for the controller's first config");
+            let initial = controller.first().await;
+            let source = ConfigSource { initial, follow: Follow::Controller(Box::new(controller)) };
+            Ok((source, CertManager::new(ca, trust, settings.cert_ttl)))
+        }
+        _ => anyhow::bail!("either --config with --ca-key, or --controller with --node-credential, is required"),
+    }
 }
 
 /// The identities of this node's enrolled pods.

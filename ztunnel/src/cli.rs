@@ -15,9 +15,20 @@ pub struct Settings {
     #[arg(long, env = "NODE_NAME")]
     pub node: String,
 
-    /// Mesh config file (YAML). Reloaded whenever it changes.
-    #[arg(long, env = "AMBIT_CONFIG")]
-    pub config: PathBuf,
+    /// Static mode: the mesh config from this YAML file, reloaded whenever
+    /// it changes. The alternative to `--controller`.
+    #[arg(long, env = "AMBIT_CONFIG", required_unless_present = "controller", conflicts_with = "controller")]
+    pub config: Option<PathBuf>,
+
+    /// The controller's control endpoint (`IP:port`): config and
+    /// certificates come from it.
+    #[arg(long, env = "AMBIT_CONTROLLER", requires = "node_credential")]
+    pub controller: Option<SocketAddr>,
+
+    /// The bootstrap credential (a token) that proves this node to the
+    /// controller.
+    #[arg(long, env = "AMBIT_NODE_CREDENTIAL")]
+    pub node_credential: Option<PathBuf>,
 
     /// Outbound listener: receives enrolled pods' captured connections.
     /// Loopback, so pods cannot reach it except through capture.
@@ -39,14 +50,15 @@ pub struct Settings {
     #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
 
-    /// Root certificate of the mesh CA (PEM). Until the controller serves
-    /// certificates, ztunnel signs its pods' certificates with this CA.
+    /// Root certificate of the mesh CA (PEM): peers and the controller must
+    /// chain to it.
     #[arg(long, env = "AMBIT_CA_CERT")]
     pub ca_cert: PathBuf,
 
-    /// The mesh CA's private key (PEM).
-    #[arg(long, env = "AMBIT_CA_KEY")]
-    pub ca_key: PathBuf,
+    /// Static mode only: the mesh CA's private key (PEM); ztunnel then signs
+    /// its pods' certificates itself.
+    #[arg(long, env = "AMBIT_CA_KEY", required_unless_present = "controller", conflicts_with = "controller")]
+    pub ca_key: Option<PathBuf>,
 
     /// Lifetime of workload certificates; they are renewed at half of it.
     #[arg(long, env = "AMBIT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
@@ -168,5 +180,18 @@ mod tests {
         assert!(err.contains("--connect-timeout") && err.contains("soon"), "{err}");
         let err = Settings::try_parse_from(["ztunnel", "--node", "n1", "--config", "/c.yaml"]).unwrap_err().to_string();
         assert!(err.contains("--ca-cert"), "{err}");
+    }
+
+    #[test]
+    fn controller_mode_needs_a_credential_and_no_static_config() {
+        let base = ["ztunnel", "--node", "n1", "--ca-cert", "/ca.pem", "--controller", "10.0.0.1:15012"];
+        let err = Settings::try_parse_from(base).unwrap_err().to_string();
+        assert!(err.contains("--node-credential"), "{err}");
+        let ok = Settings::try_parse_from(base.iter().chain(&["--node-credential", "/t"])).unwrap();
+        assert_eq!((ok.config, ok.ca_key), (None, None));
+        let err = Settings::try_parse_from(base.iter().chain(&["--node-credential", "/t", "--config", "/c"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--config"), "{err}");
     }
 }

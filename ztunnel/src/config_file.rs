@@ -5,9 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use mesh::config::{ConfigError, Snapshot};
+use mesh::dir_watch::DirWatch;
 use mesh::drain::Drain;
-use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::metrics::CONFIG_UPDATES;
@@ -36,47 +35,28 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     Ok(Loaded { text, snapshot })
 }
 
-/// Watches the file's directory, not the file: editors and Kubernetes
-/// ConfigMap volumes replace files by renaming, which a watch on the old
-/// inode would miss. Unchanged contents are ignored.
+/// Reloads the file when its directory changes ([`DirWatch`]). Unchanged
+/// contents are ignored.
 #[derive(Debug)]
 pub struct ConfigWatcher {
     path: PathBuf,
     /// The contents last acted on, good or bad.
     last_text: String,
-    events: mpsc::Receiver<()>,
-    _watcher: notify::RecommendedWatcher,
-}
-
-/// Whether an event in the watched directory can change the file. Access
-/// events (open, read, close without writing) must not count: reloading
-/// opens the file, and reacting to that would reload forever.
-fn could_change_contents(kind: &notify::EventKind) -> bool {
-    use notify::EventKind;
-    matches!(kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
+    watch: DirWatch,
 }
 
 impl ConfigWatcher {
     pub fn new(path: &Path, loaded_text: String) -> Result<Self, LoadError> {
-        let watch_error = |cause| LoadError::Watch { path: path.to_owned(), cause };
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        // Capacity one: events arriving while a reload is pending coalesce.
-        let (tx, events) = mpsc::channel(1);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| could_change_contents(&e.kind)) {
-                let _ = tx.try_send(());
-            }
-        })
-        .map_err(watch_error)?;
-        watcher.watch(dir, RecursiveMode::NonRecursive).map_err(watch_error)?;
-        Ok(Self { path: path.to_owned(), last_text: loaded_text, events, _watcher: watcher })
+        let watch = DirWatch::new(dir).map_err(|cause| LoadError::Watch { path: path.to_owned(), cause })?;
+        Ok(Self { path: path.to_owned(), last_text: loaded_text, watch })
     }
 
     pub async fn run(mut self, state: State, drain: Drain) {
         loop {
             tokio::select! {
                 () = drain.signaled() => break,
-                event = self.events.recv() => if event.is_none() { break },
+                event = self.watch.changed.recv() => if event.is_none() { break },
             }
             self.reload(&state);
         }
@@ -119,19 +99,5 @@ impl ConfigWatcher {
         metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);
         let version = state.current().version;
         error!(%error, kept_version = version, "config rejected; keeping the last good config");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-
-    #[test]
-    fn only_changes_trigger_reloads() {
-        assert!(super::could_change_contents(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
-        assert!(super::could_change_contents(&EventKind::Create(CreateKind::File)));
-        assert!(!super::could_change_contents(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
-        assert!(!super::could_change_contents(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
     }
 }

@@ -6,6 +6,7 @@ mod app;
 mod capture;
 mod cli;
 mod config_file;
+mod controller_source;
 mod identity;
 mod metrics;
 mod proxy;

@@ -1,0 +1,134 @@
+//! The controller as config source: follow its config stream, apply each
+//! version, and when the stream breaks keep serving the last good config
+//! while reconnecting with jittered exponential backoff. A reconnect resumes
+//! from the version held, so the controller can answer with a delta.
+
+use std::time::Duration;
+
+use mesh::config::Snapshot;
+use mesh::control::client::UpdateStream;
+use mesh::control::{ConfigStream, ControlClient, ControlError, ztunnel_identity};
+use mesh::drain::Drain;
+use rand::Rng as _;
+use tracing::{info, warn};
+
+use crate::metrics::CONFIG_UPDATES;
+use crate::state::State;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The agent's own certificate, for the stream's mutual TLS; a fresh one per
+/// connection, so its lifetime only needs to cover the handshake.
+const AGENT_CERT_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("cannot get the agent's own certificate: {0}")]
+    Certificate(#[from] mesh::ca::CaError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    OutOfOrder(#[from] mesh::control::stream::OutOfOrder),
+    #[error("the controller ended the config stream")]
+    Ended,
+}
+
+#[derive(Debug)]
+pub struct ControllerSource {
+    client: ControlClient,
+    stream: ConfigStream,
+    open: Option<UpdateStream>,
+    failures: u32,
+}
+
+impl ControllerSource {
+    pub fn new(client: ControlClient) -> Self {
+        Self { client, stream: ConfigStream::default(), open: None, failures: 0 }
+    }
+
+    /// Waits (retrying) for the first config; ztunnel cannot route without one.
+    pub async fn first(&mut self) -> Snapshot {
+        loop {
+            match self.next_snapshot().await {
+                Ok(Some(snapshot)) => return snapshot,
+                Ok(None) => {}
+                Err(error) => self.back_off(&error).await,
+            }
+        }
+    }
+
+    /// Applies every later version to `state` until drained.
+    pub async fn follow(mut self, state: State, drain: Drain) {
+        loop {
+            let next = tokio::select! {
+                () = drain.signaled() => return,
+                next = self.next_snapshot() => next,
+            };
+            match next {
+                Ok(Some(snapshot)) => {
+                    let workloads = snapshot.config().workloads.len();
+                    let version = state.apply(snapshot);
+                    metrics::counter!(CONFIG_UPDATES, "result" => "applied").increment(1);
+                    info!(version, workloads, "config applied");
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tokio::select! {
+                        () = drain.signaled() => return,
+                        () = self.back_off(&error) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next config from the stream (connecting first if need be).
+    /// `None` when the controller's config was one we refuse (kept last good).
+    async fn next_snapshot(&mut self) -> Result<Option<Snapshot>, FollowError> {
+        if self.open.is_none() {
+            let identity = ztunnel_identity(self.client.trust().trust_domain());
+            let cert = self.client.certificate(&identity, AGENT_CERT_TTL).await?;
+            let since = self.stream.resume_from();
+            self.open = Some(self.client.config_stream(&cert, since.as_ref()).await?);
+            info!(resume_from = since.map(|s| s.to_query()), "following the controller's config");
+        }
+        let Some(open) = self.open.as_mut() else { return Err(FollowError::Ended) };
+        let update = match open.next().await {
+            Some(Ok(update)) => update,
+            Some(Err(error)) => return Err(self.broken(error.into())),
+            None => return Err(self.broken(FollowError::Ended)),
+        };
+        let config = match self.stream.apply(update) {
+            Ok(config) => config.clone(),
+            Err(error) => {
+                self.stream.restart();
+                return Err(self.broken(error.into()));
+            }
+        };
+        self.failures = 0;
+        match Snapshot::new(config) {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(error) => {
+                metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);
+                warn!(%error, "the controller's config is invalid; keeping the last good config");
+                Ok(None)
+            }
+        }
+    }
+
+    fn broken(&mut self, error: FollowError) -> FollowError {
+        self.open = None;
+        error
+    }
+
+    async fn back_off(&mut self, error: &FollowError) {
+        self.open = None;
+        self.failures = self.failures.saturating_add(1);
+        let exponential = BACKOFF_MIN.saturating_mul(1 << self.failures.min(10)).min(BACKOFF_MAX);
+        // Full jitter: agents that lost the controller together do not
+        // come back in lockstep.
+        let delay = rand::rng().random_range(BACKOFF_MIN..=exponential.max(BACKOFF_MIN));
+        warn!(%error, retry_in = ?delay, "controller unreachable; serving the last good config");
+        tokio::time::sleep(delay).await;
+    }
+}
