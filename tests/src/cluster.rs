@@ -21,8 +21,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use mesh::config::{Labels, MeshConfig, Namespace, Service, ServicePort, Snapshot, Workload};
 
+use crate::control_plane::{CONTROL_ADDR, CONTROLLER_IP, ControlPlane};
 use crate::netns::{Netns, unique_prefix};
-use crate::ztunnel::{Launch, Ztunnel};
+use crate::ztunnel::{Launch, Source, Ztunnel};
 
 /// The trust domain of test clusters' identities.
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -78,6 +79,8 @@ pub struct PodSpec {
 pub struct Cluster {
     // Field order is drop order: agents go before the namespaces they run in.
     ztunnels: Vec<Option<Ztunnel>>,
+    /// The controller, when config comes from it instead of a file.
+    pub control: Option<ControlPlane>,
     pub pods: Vec<Pod>,
     pub outside: Option<Outside>,
     pub nodes: Vec<Node>,
@@ -98,6 +101,7 @@ impl Cluster {
         underlay.ip_batch(&["link add br0 type bridge".into(), "link set br0 up".into()])?;
         let mut cluster = Self {
             ztunnels: Vec::new(),
+            control: None,
             pods: Vec::new(),
             outside: None,
             nodes: Vec::new(),
@@ -263,18 +267,40 @@ impl Cluster {
         self.dir.path().join("mesh.yaml")
     }
 
-    /// Writes the config file atomically (write, then rename), as a
-    /// ConfigMap update or a careful editor would.
+    /// Publishes the config: as the mesh config file, or (with a
+    /// controller) as Kubernetes objects in the controller's directory.
+    /// Written atomically (write, then rename), as a ConfigMap update or a
+    /// careful editor would.
     pub fn write_config(&self) -> anyhow::Result<()> {
-        self.write_config_text(&self.config.to_yaml()?)
+        match &self.control {
+            Some(control) => {
+                let text = crate::kube_objects::render(&self.config)?;
+                write_atomically(&control.objects_dir.join("cluster.yaml"), &text)
+            }
+            None => self.write_config_text(&self.config.to_yaml()?),
+        }
+    }
+
+    /// Config comes from a controller from now on: sets up its namespace,
+    /// directories and node credentials, writes the objects and starts it.
+    pub async fn start_controller(&mut self) -> anyhow::Result<()> {
+        if self.control.is_none() {
+            let netns = Netns::create(&format!("{}-cp", self.prefix))?;
+            self.plug_into_underlay(&netns, "cp", CONTROLLER_IP)?;
+            let nodes: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+            self.control = Some(ControlPlane::new(netns, self.dir.path(), &nodes, &self.ca)?);
+        }
+        self.write_config()?;
+        self.control.as_mut().context("control plane")?.start().await
+    }
+
+    pub fn control(&mut self) -> &mut ControlPlane {
+        self.control.as_mut().unwrap_or_else(|| panic!("this cluster has no controller"))
     }
 
     /// Writes arbitrary text as the config file (for bad-input tests).
     pub fn write_config_text(&self, text: &str) -> anyhow::Result<()> {
-        let tmp = self.dir.path().join(".mesh.yaml.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.config_path())?;
-        Ok(())
+        write_atomically(&self.config_path(), text)
     }
 
     pub fn ca(&self) -> &mesh::ca::CertificateAuthority {
@@ -291,12 +317,18 @@ impl Cluster {
 
     /// The launch settings for node `node`'s agent.
     pub fn launch(&self, node: usize) -> Launch {
+        let name = self.nodes[node].name.clone();
+        let source = match &self.control {
+            Some(control) => {
+                Source::Controller { addr: CONTROL_ADDR, credential: control.credential(&name).unwrap_or_default() }
+            }
+            None => Source::File { config: self.config_path(), ca_key: self.dir.path().join("ca.key") },
+        };
         Launch {
-            node: self.nodes[node].name.clone(),
-            config: self.config_path(),
+            node: name,
+            source,
             pin_dir: self.pin_dir(node),
             ca_cert: self.ca_cert_path(),
-            ca_key: self.dir.path().join("ca.key"),
             extra_args: self.extra_args.clone(),
         }
     }
@@ -345,8 +377,18 @@ impl Drop for Cluster {
         // Agents first (SIGKILL, reaped), then their pins; the namespaces
         // go when the fields drop, taking links, routes and rules with them.
         self.ztunnels.clear();
+        self.control = None;
         let _ = std::fs::remove_dir_all(PathBuf::from(PIN_ROOT).join(&self.prefix));
     }
+}
+
+/// Write, then rename: readers see the old file or the new one, never half.
+fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).context("file name")?;
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
 }
 
 fn pod_cidr(node_index: u8) -> String {

@@ -10,10 +10,13 @@
 #![allow(clippy::panic, reason = "test-bed helpers fail the calling test loudly")]
 
 pub mod cluster;
+pub mod control_plane;
 pub mod hbone_client;
 pub mod http;
+pub mod kube_objects;
 pub mod netns;
 pub mod pcap;
+pub mod process;
 pub mod sample;
 pub mod sample_http;
 pub mod topology;

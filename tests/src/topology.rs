@@ -47,6 +47,16 @@ impl Standard {
 
     /// Like [`Standard::start`], with extra ztunnel flags for both agents.
     pub async fn start_with_args(ztunnel_args: &[&str]) -> anyhow::Result<Self> {
+        Self::build(ztunnel_args, false).await
+    }
+
+    /// Like [`Standard::start`], with config and certificates from the
+    /// controller (local-directory mode) instead of a file.
+    pub async fn start_with_controller() -> anyhow::Result<Self> {
+        Self::build(&[], true).await
+    }
+
+    async fn build(ztunnel_args: &[&str], controller: bool) -> anyhow::Result<Self> {
         let mut cluster = Cluster::new(2, true)?;
         cluster.extra_args = ztunnel_args.iter().map(|a| (*a).to_owned()).collect();
         cluster.set_namespace_labels(MESH_NAMESPACE, labels(&[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT)]));
@@ -72,7 +82,11 @@ impl Standard {
             cluster.add_pod(node, spec)?;
         }
         cluster.add_service("echo", MESH_NAMESPACE, SERVICE_VIP, SERVICE_PORT, APP_PORT, labels(&[("app", "echo")]))?;
-        cluster.write_config()?;
+        if controller {
+            cluster.start_controller().await?;
+        } else {
+            cluster.write_config()?;
+        }
         let mut servers = HashMap::new();
         for pod in &cluster.pods {
             servers.insert(pod.name.clone(), Server::start(&pod.netns, &pod.name, pod.addr(APP_PORT))?);

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a two-node mesh on this machine, built from network
-//! namespaces, with ztunnel capturing enrolled pods' traffic. Shows who
-//! talked to whom and whether ztunnel carried it, then waits for Ctrl-C and
-//! removes everything it made.
+//! namespaces: the controller in local-directory mode, and a ztunnel per
+//! node capturing enrolled pods' traffic. Shows who talked to whom and
+//! whether ztunnel carried it, applies a policy by writing a file, survives
+//! the controller's death, then waits for Ctrl-C and removes everything.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, reason = "a demo talks to its user")]
 
@@ -12,13 +13,26 @@ use ambit_tests::sample::exchange;
 use ambit_tests::topology::{APP_PORT, SERVICE_PORT, SERVICE_VIP, Standard};
 
 const BYTES: u64 = 1024 * 1024;
+const DENY_N1A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                        metadata: {name: deny-n1-a, namespace: mesh}\nspec:\n  selector: {matchLabels: {name: n2-a}}\n  \
+                        action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/mesh/sa/sa-n1-a]}}]\n";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     ambit_tests::require_root();
     println!("Starting a 2-node cluster: 4 enrolled pods (namespace `mesh`), 2 not enrolled (`legacy`),");
-    println!("service echo.mesh at {SERVICE_VIP}:{SERVICE_PORT}, and a host outside the cluster.\n");
-    let mut bed = Standard::start().await?;
+    println!("service echo.mesh at {SERVICE_VIP}:{SERVICE_PORT}, and a host outside the cluster.");
+    println!("Config and certificates come from the controller, reading Kubernetes YAML from a directory.\n");
+    let mut bed = Standard::start_with_controller().await?;
+    let control = bed.cluster.control();
+    let objects = control.objects_dir.join("cluster.yaml");
+    println!(
+        "  controller ({}): namespace {}, pid {}, objects in {}",
+        ambit_tests::control_plane::CONTROL_ADDR,
+        control.netns.name(),
+        control.process().pid().unwrap_or(0),
+        objects.display()
+    );
     for (i, node) in bed.cluster.nodes.iter().enumerate() {
         let pid = bed.cluster.ztunnel(i).pid().unwrap_or(0);
         println!("  {} ({}): namespace {}, ztunnel pid {pid}", node.name, node.ip, node.netns.name());
@@ -45,6 +59,22 @@ async fn main() -> anyhow::Result<()> {
         show_connection(&bed, from, &label, addr).await?;
     }
 
+    println!("\nA policy, written to the controller's directory as `kubectl apply` would take it:");
+    let deny: mesh::config::policy::AuthorizationPolicy = yaml_serde::from_str(DENY_N1A)?;
+    print!("{}", DENY_N1A.lines().map(|l| format!("    {l}\n")).collect::<String>());
+    bed.apply(|config| config.authorization_policies.push(deny)).await?;
+    show_connection(&bed, "n1-a", "n2-a (policy denies)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+    show_connection(&bed, "n1-b", "n2-a (policy allows)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+    bed.apply(|config| config.authorization_policies.clear()).await?;
+    println!("  policy deleted:");
+    show_connection(&bed, "n1-a", "n2-a", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+
+    println!("\nStatic stability: killing the controller…");
+    bed.cluster.control().kill().await?;
+    show_connection(&bed, "n1-a", "n2-a (controller down)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+    bed.cluster.control().start().await?;
+    println!("  controller restarted; agents reconnect and resume.");
+
     println!("\nFail closed: stopping ztunnel on node1…");
     bed.cluster.stop_ztunnel(0).await?;
     let client = bed.cluster.pod("n1-a");
@@ -68,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  nsenter --net={} curl -s localhost:15020/metrics | grep istio_tcp", node.netns.path());
     println!("  nsenter --net={} bpftool net show", node.netns.path());
+    println!("  edit {} and watch the agents follow", objects.display());
     tokio::signal::ctrl_c().await?;
     println!("\nCleaning up…");
     drop(bed);

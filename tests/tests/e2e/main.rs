@@ -7,6 +7,7 @@
 mod authz;
 mod capture;
 mod config;
+mod control_plane;
 mod enrollment;
 mod fail_closed;
 mod hbone;
