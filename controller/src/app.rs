@@ -28,23 +28,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let control = ControlServer::new(settings.listen)?;
     let metrics_server = HttpServer::new("metrics", settings.metrics_addr)?;
 
-    let ca = authority::load_or_create(&settings.ca_dir, &settings.trust_domain)?;
-    let credentials = NodeCredentials::from_file(&settings.node_credentials)?;
+    let (Some(config_dir), Some(ca_dir), Some(credentials)) =
+        (&settings.config_dir, &settings.ca_dir, &settings.node_credentials)
+    else {
+        anyhow::bail!("local-directory mode needs --config-dir, --ca-dir and --node-credentials");
+    };
+    let ca = authority::load_or_create(ca_dir, &settings.trust_domain)?;
+    let credentials = NodeCredentials::from_file(credentials)?;
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(authority::serving_config(&ca)?);
     let store = Store::new();
 
     // Watch before the first read, so no change falls between them.
-    let watch = DirWatch::new(&settings.config_dir)
-        .with_context(|| format!("cannot watch {}", settings.config_dir.display()))?;
-    let mut local = LocalDir::new(&settings.config_dir);
+    let watch = DirWatch::new(config_dir).with_context(|| format!("cannot watch {}", config_dir.display()))?;
+    let mut local = LocalDir::new(config_dir);
     let mut reconciler = Reconciler::new(&settings.root_namespace, store.clone());
-    let first = local.read().with_context(|| format!("cannot read {}", settings.config_dir.display()))?;
+    let first = local.read().with_context(|| format!("cannot read {}", config_dir.display()))?;
     let (_, version) = reconciler.apply(first);
     let reconciler_rejections = reconciler.rejections();
     // An empty directory is a valid (empty) mesh: publish it as version 1,
     // so agents are not left waiting for a first config.
     let version = if version == 0 { store.publish_initial() } else { version };
-    info!(version, dir = %settings.config_dir.display(), "local-directory mode");
+    info!(version, dir = %config_dir.display(), "local-directory mode");
 
     let shared = Arc::new(Shared { store: store.clone(), ca, credentials });
     let drain = Drain::new();

@@ -5,6 +5,7 @@
 
 mod app;
 mod authority;
+mod crds;
 mod credentials;
 mod local_dir;
 mod metrics;
@@ -28,15 +29,19 @@ pub struct Settings {
     /// Local-directory mode: read the objects users would `kubectl apply`
     /// (Namespaces, Pods, Services, Istio policies) from this directory's
     /// YAML files, and follow changes.
-    #[arg(long, env = "AMBIT_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    #[arg(long, env = "AMBIT_CONFIG_DIR", required_unless_present = "print_crds")]
+    pub config_dir: Option<PathBuf>,
     /// Where the mesh root CA's certificate and key are; created on first
     /// start if absent.
-    #[arg(long, env = "AMBIT_CA_DIR")]
-    pub ca_dir: PathBuf,
+    #[arg(long, env = "AMBIT_CA_DIR", required_unless_present = "print_crds")]
+    pub ca_dir: Option<PathBuf>,
     /// Per-node bootstrap credentials (YAML: `node-name: token`).
-    #[arg(long, env = "AMBIT_NODE_CREDENTIALS")]
-    pub node_credentials: PathBuf,
+    #[arg(long, env = "AMBIT_NODE_CREDENTIALS", required_unless_present = "print_crds")]
+    pub node_credentials: Option<PathBuf>,
+    /// Print the CustomResourceDefinitions of the kinds the controller reads
+    /// (generated from its types) and exit.
+    #[arg(long, exclusive = true)]
+    pub print_crds: bool,
     /// The control endpoint agents connect to.
     #[arg(long, env = "AMBIT_LISTEN", default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
@@ -58,6 +63,13 @@ pub struct Settings {
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
+    if settings.print_crds {
+        #[allow(clippy::print_stdout, reason = "the CRDs are this command's output")]
+        {
+            print!("{}", crds::yaml()?);
+        }
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)?;
     if settings.log_json {
         tracing_subscriber::fmt().json().flatten_event(true).with_env_filter(filter).init();

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod codegen;
 mod kube;
 mod setup;
 mod sweep;
@@ -26,6 +27,12 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
         cargo_args: Vec<String>,
+    },
+    /// Write generated files (the CRDs, from the controller's types).
+    Codegen {
+        /// Fail if the checked-in files differ from what would be generated.
+        #[arg(long)]
+        check: bool,
     },
     /// Build (once, cached) the real kube-apiserver the controller's tests use.
     KubeApiserver,
@@ -52,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
+        Task::Codegen { check } => codegen::run(check),
         Task::KubeApiserver => kube::ensure_apiserver().map(|path| eprintln!("kube-apiserver: {}", path.display())),
         Task::Bench { suite: Suite::L4, bench_args } => bench_l4(&bench_args),
     }
@@ -75,6 +83,7 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     sweep::stale_test_leftovers()?;
     cmd::cargo(&["fmt", "--all", "--check"])?;
+    codegen::run(true)?;
     cmd::cargo(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
     // The end-to-end tests start the workspace's binaries: build them first.
     cmd::cargo(&["build", "--bins", "--quiet"])?;

@@ -141,7 +141,7 @@ async fn config_source(settings: &Settings) -> anyhow::Result<(ConfigSource, Cer
     };
     let roots_pem = read(&settings.ca_cert)?;
     let trust = TrustBundle::from_pem(&settings.trust_domain, &roots_pem)?;
-    match (&settings.config, &settings.ca_key, settings.controller, &settings.node_credential) {
+    match (&settings.config, &settings.ca_key, &settings.controller, &settings.node_credential) {
         (Some(config), Some(ca_key), _, _) => {
             let ca = CertificateAuthority::from_pem(&settings.trust_domain, &roots_pem, &read(ca_key)?)?;
             let ca: Arc<dyn CaClient> = Arc::new(Arc::new(ca));
@@ -151,7 +151,7 @@ async fn config_source(settings: &Settings) -> anyhow::Result<(ConfigSource, Cer
             Ok((source, CertManager::new(ca, trust, settings.cert_ttl)))
         }
         (_, _, Some(addr), Some(credential)) => {
-            let client = ControlClient::new(addr, trust.clone(), read(credential)?, settings.node.clone());
+            let client = ControlClient::new(addr.clone(), trust.clone(), read(credential)?, settings.node.clone());
             let ca: Arc<dyn CaClient> = Arc::new(RemoteCa::new(client.clone(), roots_pem));
             let mut controller = ControllerSource::new(client);
             info!(%addr, "waiting for the controller's first config");

@@ -20,10 +20,10 @@ pub struct Settings {
     #[arg(long, env = "AMBIT_CONFIG", required_unless_present = "controller", conflicts_with = "controller")]
     pub config: Option<PathBuf>,
 
-    /// The controller's control endpoint (`IP:port`): config and
-    /// certificates come from it.
+    /// The controller's control endpoint (`host:port`, e.g. its Service's
+    /// DNS name): config and certificates come from it.
     #[arg(long, env = "AMBIT_CONTROLLER", requires = "node_credential")]
-    pub controller: Option<SocketAddr>,
+    pub controller: Option<String>,
 
     /// The bootstrap credential (a token) that proves this node to the
     /// controller.

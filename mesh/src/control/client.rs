@@ -27,7 +27,7 @@ const MAX_MESSAGE: usize = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot connect to the controller at {addr}: {cause}")]
-    Connect { addr: SocketAddr, cause: std::io::Error },
+    Connect { addr: String, cause: std::io::Error },
     #[error("TLS with the controller failed: {0}")]
     Tls(String),
     #[error("HTTP/2 with the controller failed: {0}")]
@@ -41,7 +41,9 @@ pub enum ControlError {
 /// Where the controller is and how to prove who we are to it.
 #[derive(Clone, Debug)]
 pub struct ControlClient {
-    addr: SocketAddr,
+    /// `host:port`; a name is resolved on every connection (a Service's
+    /// DNS name in Kubernetes).
+    addr: String,
     trust: TrustBundle,
     /// The bearer credential that says which node we are.
     credential: String,
@@ -49,8 +51,8 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    pub fn new(addr: SocketAddr, trust: TrustBundle, credential: String, node: String) -> Self {
-        Self { addr, trust, credential: credential.trim().to_owned(), node }
+    pub fn new(addr: impl Into<String>, trust: TrustBundle, credential: String, node: String) -> Self {
+        Self { addr: addr.into(), trust, credential: credential.trim().to_owned(), node }
     }
 
     pub fn trust(&self) -> &TrustBundle {
@@ -61,14 +63,15 @@ impl ControlClient {
         let expected = vec![controller_identity(self.trust.trust_domain())];
         let config =
             tls::control_client_config(cert, &self.trust, expected).map_err(|e| ControlError::Tls(e.to_string()))?;
-        let connect_error = |cause| ControlError::Connect { addr: self.addr, cause };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+        let connect_error = |cause| ControlError::Connect { addr: self.addr.clone(), cause };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr.as_str()))
             .await
             .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
+        let peer: SocketAddr = tcp.peer_addr().map_err(connect_error)?;
         let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(tls::server_name(self.addr.ip()), tcp)
+            .connect(tls::server_name(peer.ip()), tcp)
             .await
             .map_err(|e| ControlError::Tls(e.to_string()))?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())

@@ -102,7 +102,7 @@ fn as_node<R: Send>(
 ) -> R {
     let name = bed.cluster.nodes[node].name.clone();
     let trust = TrustBundle::from_pem("cluster.local", bed.cluster.ca().root_pem()).unwrap();
-    let client = ControlClient::new(CONTROL_ADDR, trust, credential.to_owned(), name);
+    let client = ControlClient::new(CONTROL_ADDR.to_string(), trust, credential.to_owned(), name);
     bed.cluster.nodes[node]
         .netns
         .enter(|| {

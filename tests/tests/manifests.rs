@@ -1,0 +1,123 @@
+//! The install manifests, parsed into Kubernetes' own types, checked for
+//! the invariants ARCHITECTURE.md promises: least privilege, what the
+//! DaemonSet needs and no more, and nothing in the directory left out of
+//! the kustomization. (Applying them to a real API server is an e2e test.)
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use serde::Deserialize as _;
+
+fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// Every document of `file` of the given kind.
+fn documents<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> Vec<T> {
+    let text = std::fs::read_to_string(manifests().join(file)).unwrap();
+    yaml_serde::Deserializer::from_str(&text)
+        .map(|d| yaml_serde::Value::deserialize(d).unwrap())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .map(|v| yaml_serde::from_value(v).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest() {
+    #[derive(serde::Deserialize)]
+    struct Kustomization {
+        resources: Vec<String>,
+    }
+    let text = std::fs::read_to_string(manifests().join("kustomization.yaml")).unwrap();
+    let listed: BTreeSet<String> =
+        yaml_serde::from_str::<Kustomization>(&text).unwrap().resources.into_iter().collect();
+    let mut present = BTreeSet::new();
+    for dir in ["", "crds"] {
+        for entry in std::fs::read_dir(manifests().join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                present.insert(if dir.is_empty() { name } else { format!("{dir}/{name}") });
+            }
+        }
+    }
+    assert_eq!(listed, present);
+}
+
+#[test]
+fn ztunnel_runs_on_every_node_with_only_the_capabilities_it_needs() {
+    let daemonsets: Vec<DaemonSet> = documents("ztunnel.yaml", "DaemonSet");
+    let [ztunnel] = daemonsets.as_slice() else { panic!("one DaemonSet expected") };
+    let spec = ztunnel.spec.as_ref().unwrap();
+    assert_eq!(spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("RollingUpdate"));
+    let template = &spec.template;
+    let annotations = template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
+    assert_eq!(annotations.get("prometheus.io/port").map(String::as_str), Some("15020"));
+    let pod = template.spec.as_ref().unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    assert!(tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()), "every node");
+    let container = &pod.containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_ne!(security.privileged, Some(true), "capabilities, not privileged");
+    let capabilities = security.capabilities.as_ref().unwrap();
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    let added: BTreeSet<&str> = capabilities.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(added, BTreeSet::from(["BPF", "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]));
+    let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap();
+    assert_eq!(
+        (probe.path.as_deref(), &probe.port),
+        (Some("/healthz/ready"), &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15021))
+    );
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    assert!(mounts.iter().any(|m| m.mount_path == "/sys/fs/bpf"), "BPF pins must outlive the pod");
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let bpffs = volumes.iter().find(|v| v.name == "bpffs").and_then(|v| v.host_path.as_ref()).unwrap();
+    assert_eq!(bpffs.path, "/sys/fs/bpf");
+    let args = container.args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--controller=ambit-controller.ambit-system.svc:15012"), "{args}");
+}
+
+#[test]
+fn the_controller_is_replicated_and_unprivileged() {
+    let deployments: Vec<Deployment> = documents("controller.yaml", "Deployment");
+    let spec = deployments[0].spec.as_ref().unwrap();
+    assert!(spec.replicas.unwrap_or(1) >= 2, "HA: several replicas");
+    let container = &spec.template.spec.as_ref().unwrap().containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert!(container.args.iter().flatten().any(|a| a == "--kubernetes"));
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let cluster_roles: Vec<ClusterRole> = documents("rbac.yaml", "ClusterRole");
+    let roles: Vec<Role> = documents("rbac.yaml", "Role");
+    let rules = cluster_roles
+        .iter()
+        .flat_map(|r| r.rules.clone().unwrap_or_default())
+        .chain(roles.iter().flat_map(|r| r.rules.clone().unwrap_or_default()));
+    for rule in rules {
+        let verbs = &rule.verbs;
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(!verbs.iter().any(|v| v == "*") && !resources.iter().any(|r| r == "*"), "no wildcards: {rule:?}");
+        if resources.iter().any(|r| r == "secrets") {
+            assert!(!verbs.iter().any(|v| v == "list" || v == "watch"), "never list secrets: {rule:?}");
+            if verbs.iter().any(|v| v == "get") {
+                assert!(rule.resource_names.is_some(), "secrets read by name only: {rule:?}");
+            }
+        }
+        if verbs.iter().any(|v| v == "update" || v == "patch" || v == "delete") {
+            let status_only = resources.iter().all(|r| r.ends_with("/status"));
+            assert!(
+                status_only || rule.resource_names.is_some() || resources == ["events"],
+                "writes are narrow: {rule:?}"
+            );
+        }
+    }
+    let bindings = std::fs::read_to_string(manifests().join("rbac.yaml")).unwrap();
+    assert_eq!(bindings.matches("name: ztunnel\n").count(), 1, "ztunnel's account is bound to no role");
+}
