@@ -3,6 +3,8 @@
 //! DaemonSet needs and no more, and nothing in the directory left out of
 //! the kustomization. (Applying them to a real API server is an e2e test.)
 
+#![allow(clippy::unwrap_used, reason = "a test fails on any error")]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
