@@ -7,11 +7,16 @@ mod app;
 mod authority;
 mod crds;
 mod credentials;
+mod kube_ca;
+mod kube_source;
+mod leader;
 mod local_dir;
 mod metrics;
+mod node_auth;
 mod reconcile;
 mod resources;
 mod server;
+mod status;
 mod store;
 mod translate;
 
@@ -29,14 +34,29 @@ pub struct Settings {
     /// Local-directory mode: read the objects users would `kubectl apply`
     /// (Namespaces, Pods, Services, Istio policies) from this directory's
     /// YAML files, and follow changes.
-    #[arg(long, env = "AMBIT_CONFIG_DIR", required_unless_present = "print_crds")]
+    #[arg(long, env = "AMBIT_CONFIG_DIR", required_unless_present_any = ["print_crds", "kubernetes"])]
     pub config_dir: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server (in-cluster, or `KUBECONFIG`);
+    /// the CA root lives in a Secret, agents prove their node with their
+    /// ServiceAccount token, and the leader writes policy status.
+    #[arg(long, env = "AMBIT_KUBERNETES", conflicts_with_all = ["config_dir", "ca_dir", "node_credentials"])]
+    pub kubernetes: bool,
+    /// The controller's own namespace (its CA Secret, root ConfigMap, Lease;
+    /// agents' ServiceAccount).
+    #[arg(long, env = "POD_NAMESPACE", default_value = mesh::control::SYSTEM_NAMESPACE)]
+    pub namespace: String,
+    /// This replica's name, as the leader Lease records it.
+    #[arg(long, env = "POD_NAME", default_value = "ambit-controller")]
+    pub pod_name: String,
+    /// The audience agents' tokens must be minted for.
+    #[arg(long, env = "AMBIT_TOKEN_AUDIENCE", default_value = "ambit")]
+    pub token_audience: String,
     /// Where the mesh root CA's certificate and key are; created on first
     /// start if absent.
-    #[arg(long, env = "AMBIT_CA_DIR", required_unless_present = "print_crds")]
+    #[arg(long, env = "AMBIT_CA_DIR", required_unless_present_any = ["print_crds", "kubernetes"])]
     pub ca_dir: Option<PathBuf>,
     /// Per-node bootstrap credentials (YAML: `node-name: token`).
-    #[arg(long, env = "AMBIT_NODE_CREDENTIALS", required_unless_present = "print_crds")]
+    #[arg(long, env = "AMBIT_NODE_CREDENTIALS", required_unless_present_any = ["print_crds", "kubernetes"])]
     pub node_credentials: Option<PathBuf>,
     /// Print the CustomResourceDefinitions of the kinds the controller reads
     /// (generated from its types) and exit.
@@ -76,6 +96,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    // kube's client and ours share one TLS provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(app::run(settings));
     if let Err(error) = &result {

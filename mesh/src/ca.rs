@@ -132,6 +132,11 @@ impl CertificateAuthority {
         std::io::Write::write_all(&mut file, self.key_pem.as_bytes()).map_err(|e| write_error(key, e))
     }
 
+    /// The root's private key, PEM: for storing it (a file, a Secret).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }

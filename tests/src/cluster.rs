@@ -294,6 +294,18 @@ impl Cluster {
         self.control.as_mut().context("control plane")?.start().await
     }
 
+    /// Config comes from a controller in Kubernetes mode: a real API server
+    /// holds the cluster's objects.
+    pub async fn start_kube_controller(&mut self) -> anyhow::Result<()> {
+        let netns = Netns::create(&format!("{}-cp", self.prefix))?;
+        self.plug_into_underlay(&netns, "cp", CONTROLLER_IP)?;
+        let nodes: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let plane = ControlPlane::new_kubernetes(netns, self.dir.path(), &nodes, &self.ca).await?;
+        plane.register(&self.config).await?;
+        self.control = Some(plane);
+        self.control.as_mut().context("control plane")?.start().await
+    }
+
     pub fn control(&mut self) -> &mut ControlPlane {
         self.control.as_mut().unwrap_or_else(|| panic!("this cluster has no controller"))
     }

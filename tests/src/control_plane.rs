@@ -1,7 +1,14 @@
-//! The controller in local-directory mode, running in its own namespace on
-//! the underlay (`10.200.0.2`), as a control-plane node would. It reads the
-//! cluster's objects from a directory the test bed writes, and each node's
-//! agent proves itself with a bootstrap credential issued here.
+//! The controller, running in its own namespace on the underlay
+//! (`10.200.0.2`), as a control-plane node would. Two modes:
+//!
+//! * local directory: it reads the cluster's objects from a directory the
+//!   test bed writes; each node's agent proves itself with a bootstrap
+//!   credential issued here;
+//! * Kubernetes: a real kube-apiserver runs beside it (same namespace,
+//!   loopback); the test bed installs the manifests, registers its pods as
+//!   Pod objects, and gives each agent a ServiceAccount token bound to its
+//!   own (DaemonSet-like) Pod object. The controller uses the token of its
+//!   ServiceAccount user, so it has exactly the manifests' RBAC.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
+use crate::kube_apiserver::{ApiServer, TOKEN_AUDIENCE};
 use crate::netns::Netns;
 use crate::process::Process;
 use crate::ztunnel::binary;
@@ -21,8 +29,11 @@ pub const METRICS_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(CONTRO
 
 #[derive(Debug)]
 pub struct ControlPlane {
-    // Field order is drop order: the process before its namespace.
+    // Field order is drop order: the process, then the API server, then
+    // their namespace.
     process: Option<Process>,
+    /// Kubernetes mode's API server.
+    pub api: Option<ApiServer>,
     pub netns: Netns,
     /// Where the objects are (the controller's `--config-dir`).
     pub objects_dir: PathBuf,
@@ -62,7 +73,90 @@ impl ControlPlane {
         }
         let credentials_file = dir.join("node-credentials.yaml");
         std::fs::write(&credentials_file, listing)?;
-        Ok(Self { process: None, netns, objects_dir, ca_dir, credentials_file, node_credentials })
+        Ok(Self { process: None, api: None, netns, objects_dir, ca_dir, credentials_file, node_credentials })
+    }
+
+    /// Kubernetes mode: starts the API server, installs the manifests,
+    /// stores the cluster's root as the controller's CA Secret, and mints
+    /// each node's agent a token bound to its Pod object.
+    pub async fn new_kubernetes(
+        netns: Netns,
+        dir: &Path,
+        nodes: &[String],
+        ca: &mesh::ca::CertificateAuthority,
+    ) -> anyhow::Result<Self> {
+        let mut plane = Self::new(netns, dir, nodes, ca)?;
+        let api = ApiServer::start(&plane.netns, &dir.join("apiserver")).await?;
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        api.kubectl(&plane.netns, &["apply", "-k", manifests.to_str().context("path")?]).await?;
+        let from_file = |key: &str| format!("--from-file={key}={}", plane.ca_dir.join(key).display());
+        let (cert, key) = (from_file("root-cert.pem"), from_file("root-key.pem"));
+        api.kubectl(&plane.netns, &["create", "secret", "generic", "ambit-ca", "-n", "ambit-system", &cert, &key])
+            .await?;
+        for node in nodes {
+            let pod = format!("ztunnel-{node}");
+            api.apply(&plane.netns, &agent_pod(&pod, node)).await?;
+            let token = api
+                .kubectl(
+                    &plane.netns,
+                    &[
+                        "create",
+                        "token",
+                        "ztunnel",
+                        "-n",
+                        "ambit-system",
+                        "--audience",
+                        TOKEN_AUDIENCE,
+                        "--bound-object-kind",
+                        "Pod",
+                        "--bound-object-name",
+                        &pod,
+                        "--duration",
+                        "2h",
+                    ],
+                )
+                .await?;
+            std::fs::write(plane.credential(node)?, token.trim())?;
+        }
+        plane.api = Some(api);
+        Ok(plane)
+    }
+
+    /// Kubernetes mode: the cluster's objects into the API server, with the
+    /// pod status a kubelet would report (no pruning: delete with kubectl).
+    pub async fn register(&self, config: &mesh::config::MeshConfig) -> anyhow::Result<()> {
+        let api = self.api.as_ref().context("not in Kubernetes mode")?;
+        api.apply(&self.netns, &crate::kube_objects::render_for_api_server(config)?).await?;
+        for workload in &config.workloads {
+            let status = crate::kube_objects::pod(workload)["status"].to_string();
+            let patch = format!("{{\"status\":{status}}}");
+            api.kubectl(
+                &self.netns,
+                &[
+                    "patch",
+                    "pod",
+                    &workload.name,
+                    "-n",
+                    &workload.namespace,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &patch,
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Kubernetes mode: `kubectl apply` of `yaml`, as admin.
+    pub async fn kube_apply(&self, yaml: &str) -> anyhow::Result<String> {
+        self.api.as_ref().context("not in Kubernetes mode")?.apply(&self.netns, yaml).await
+    }
+
+    /// Kubernetes mode: kubectl as admin.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.api.as_ref().context("not in Kubernetes mode")?.kubectl(&self.netns, args).await
     }
 
     pub fn credential(&self, node: &str) -> anyhow::Result<PathBuf> {
@@ -76,8 +170,16 @@ impl ControlPlane {
         }
         let binary = binary("controller")?;
         let mut command = Command::from(self.netns.command(binary.to_str().context("path")?));
-        command.arg("--config-dir").arg(&self.objects_dir).arg("--ca-dir").arg(&self.ca_dir);
-        command.arg("--node-credentials").arg(&self.credentials_file);
+        match &self.api {
+            Some(api) => {
+                command.arg("--kubernetes").env("KUBECONFIG", &api.controller_kubeconfig);
+                command.env("POD_NAMESPACE", "ambit-system").env("POD_NAME", "ambit-controller-0");
+            }
+            None => {
+                command.arg("--config-dir").arg(&self.objects_dir).arg("--ca-dir").arg(&self.ca_dir);
+                command.arg("--node-credentials").arg(&self.credentials_file);
+            }
+        }
         command.args([
             "--listen",
             &CONTROL_ADDR.to_string(),
@@ -89,9 +191,13 @@ impl ControlPlane {
         process
             .wait_for_log("listening", Duration::from_secs(30), |r| r["message"] == "control endpoint listening")
             .await?;
+        if self.api.is_some() {
+            let synced = |r: &serde_json::Value| r["message"] == "every kind listed; serving config";
+            process.wait_for_log("its first sync", Duration::from_secs(30), synced).await?;
+        }
         let (status, body) = crate::http::get(&self.netns, METRICS_ADDR, "/ready").await?;
         if status != 200 {
-            bail!("the controller listens but /ready says {status}: {body}");
+            bail!("the controller listens but /ready says {status}: {body}; log:\n{}", process.log_lines().join("\n"));
         }
         self.process = Some(process);
         Ok(())
@@ -113,4 +219,14 @@ impl ControlPlane {
         anyhow::ensure!(status == 200, "controller metrics answered {status}: {body}");
         Ok(body)
     }
+}
+
+/// The Pod object of a node's agent (a DaemonSet pod, as the scheduler
+/// would have placed it): what its token is bound to.
+fn agent_pod(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: ambit-system, labels: {{app: ztunnel}}}}\n\
+         spec:\n  nodeName: {node}\n  hostNetwork: true\n  serviceAccountName: ztunnel\n  \
+         automountServiceAccountToken: false\n  containers: [{{name: ztunnel, image: ghcr.io/ambit-mesh/ztunnel:0.1.0}}]\n"
+    )
 }

@@ -9,6 +9,19 @@ use serde_json::{Value, json};
 
 /// All objects of `config`, as multi-document YAML.
 pub fn render(config: &MeshConfig) -> anyhow::Result<String> {
+    to_yaml(objects(config)?)
+}
+
+fn to_yaml(objects: Vec<Value>) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for object in objects {
+        text.push_str("---\n");
+        text.push_str(&yaml_serde::to_string(&object)?);
+    }
+    Ok(text)
+}
+
+fn objects(config: &MeshConfig) -> anyhow::Result<Vec<Value>> {
     let mut objects: Vec<Value> = Vec::new();
     for namespace in &config.namespaces {
         objects.push(json!({
@@ -29,12 +42,30 @@ pub fn render(config: &MeshConfig) -> anyhow::Result<String> {
     for policy in &config.peer_authentications {
         objects.push(serde_json::to_value(policy)?);
     }
-    let mut text = String::new();
-    for object in objects {
-        text.push_str("---\n");
-        text.push_str(&yaml_serde::to_string(&object)?);
+    Ok(objects)
+}
+
+/// Like [`render`], plus the ServiceAccounts the pods run as, which an API
+/// server needs to exist (here no controller-manager creates them).
+pub fn render_for_api_server(config: &MeshConfig) -> anyhow::Result<String> {
+    let accounts: std::collections::BTreeSet<(&str, &str)> =
+        config.workloads.iter().map(|w| (w.namespace.as_str(), w.service_account.as_str())).collect();
+    let mut all: Vec<Value> = accounts
+        .into_iter()
+        .map(|(namespace, name)| {
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}})
+        })
+        .collect();
+    for mut object in objects(config)? {
+        // The API server assigns UIDs itself.
+        if let Some(metadata) = object["metadata"].as_object_mut() {
+            metadata.remove("uid");
+        }
+        all.push(object);
     }
-    Ok(text)
+    // Namespaces first: everything else lives in one.
+    all.sort_by_key(|o| o["kind"] != "Namespace");
+    to_yaml(all)
 }
 
 pub fn pod(workload: &Workload) -> Value {
@@ -58,6 +89,8 @@ pub fn pod(workload: &Workload) -> Value {
         "spec": {
             "nodeName": workload.node,
             "serviceAccountName": workload.service_account,
+            // No token controller runs in the tests' API server.
+            "automountServiceAccountToken": false,
             "containers": [{"name": "app", "image": "ambit/sample"}],
         },
         "status": {

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod hbone_client;
 pub mod http;
+pub mod kube_apiserver;
 pub mod kube_objects;
 pub mod netns;
 pub mod pcap;

@@ -87,10 +87,23 @@ impl Process {
         timeout: Duration,
         matches: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
+        let found = self
+            .wait_for_line(what, timeout, |line| serde_json::from_str::<Value>(line).is_ok_and(|r| matches(&r)))
+            .await?;
+        Ok(serde_json::from_str(&found)?)
+    }
+
+    /// Waits until an output line satisfies `matches`, or fails with the log.
+    pub async fn wait_for_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let mut count = self.logs.count.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(found) = self.log_records().into_iter().find(|r| matches(r)) {
+            if let Some(found) = self.log_lines().into_iter().find(|l| matches(l)) {
                 return Ok(found);
             }
             if self.logs.closed.load(std::sync::atomic::Ordering::SeqCst) == 2 {

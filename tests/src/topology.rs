@@ -26,6 +26,14 @@ pub const LEGACY_NAMESPACE: &str = "legacy";
 pub const ENROLLED: [&str; 4] = ["n1-a", "n1-b", "n2-a", "n2-b"];
 pub const NOT_ENROLLED: [&str; 2] = ["n1-plain", "n2-plain"];
 
+/// Where the agents' config comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    File,
+    LocalDirectory,
+    Kubernetes,
+}
+
 #[derive(Debug)]
 pub struct Standard {
     pub cluster: Cluster,
@@ -56,7 +64,17 @@ impl Standard {
         Self::build(&[], true).await
     }
 
+    /// Like [`Standard::start`], with the controller in Kubernetes mode
+    /// against a real API server holding the cluster's objects.
+    pub async fn start_with_kubernetes() -> anyhow::Result<Self> {
+        Self::build_with(&[], Source::Kubernetes).await
+    }
+
     async fn build(ztunnel_args: &[&str], controller: bool) -> anyhow::Result<Self> {
+        Self::build_with(ztunnel_args, if controller { Source::LocalDirectory } else { Source::File }).await
+    }
+
+    async fn build_with(ztunnel_args: &[&str], source: Source) -> anyhow::Result<Self> {
         let mut cluster = Cluster::new(2, true)?;
         cluster.extra_args = ztunnel_args.iter().map(|a| (*a).to_owned()).collect();
         cluster.set_namespace_labels(MESH_NAMESPACE, labels(&[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT)]));
@@ -82,10 +100,10 @@ impl Standard {
             cluster.add_pod(node, spec)?;
         }
         cluster.add_service("echo", MESH_NAMESPACE, SERVICE_VIP, SERVICE_PORT, APP_PORT, labels(&[("app", "echo")]))?;
-        if controller {
-            cluster.start_controller().await?;
-        } else {
-            cluster.write_config()?;
+        match source {
+            Source::File => cluster.write_config()?,
+            Source::LocalDirectory => cluster.start_controller().await?,
+            Source::Kubernetes => cluster.start_kube_controller().await?,
         }
         let mut servers = HashMap::new();
         for pod in &cluster.pods {

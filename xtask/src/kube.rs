@@ -14,23 +14,31 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// What the build needs, and what the tests run (etcd).
-const PACKAGES: &[&str] = &["golang-go", "etcd-server", "make", "rsync", "dpkg-dev"];
+/// What the build needs, and what the tests run (etcd, kubectl's package
+/// only where no kubectl is installed). reflect2 1.0.2 replaces the
+/// vendored 1.0.1, which crashes under Go 1.18+ (see [`patch_reflect2`]).
+const PACKAGES: &[&str] =
+    &["golang-go", "etcd-server", "make", "rsync", "dpkg-dev", "golang-github-modern-go-reflect2-dev"];
 const VERSION: &str = "v1.20.2";
+/// Bumped when the recipe changes, so an older cached binary is rebuilt.
+const RECIPE: &str = "2";
 const SOURCES_FILE: &str = "/etc/apt/sources.list.d/ambit-deb-src.sources";
 
 /// The cache directory for this Kubernetes version.
 fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache/ambit/kubernetes").join(VERSION)
+    home.join(".cache/ambit/kubernetes").join(format!("{VERSION}-{RECIPE}"))
 }
 
 /// Builds kube-apiserver once (about 5 minutes on 2 cores) and returns its
 /// path; later calls find it in the cache.
 pub fn ensure_apiserver() -> anyhow::Result<PathBuf> {
     let binary = cache_dir().join("kube-apiserver");
-    if binary.is_file() && Path::new("/usr/bin/etcd").is_file() {
+    if binary.is_file() && Path::new("/usr/bin/etcd").is_file() && kubectl_installed() {
         return Ok(binary);
+    }
+    if !kubectl_installed() {
+        crate::setup::apt_install(&["kubernetes-client"])?;
     }
     crate::setup::apt_install(PACKAGES)?;
     if binary.is_file() {
@@ -39,12 +47,17 @@ pub fn ensure_apiserver() -> anyhow::Result<PathBuf> {
     enable_source_packages()?;
     let work = cache_dir().join("build");
     let tree = unpack_source(&work)?;
+    patch_reflect2(&tree)?;
     build(&work, &tree)?;
     let built = tree.join("_output/bin/kube-apiserver");
     std::fs::copy(&built, &binary).with_context(|| format!("copy {}", built.display()))?;
     // The source tree and Go cache are large; only the binary is kept.
     std::fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
     Ok(binary)
+}
+
+fn kubectl_installed() -> bool {
+    Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success())
 }
 
 /// Adds a deb-src entry for the mirror the machine already uses.
@@ -74,6 +87,34 @@ fn unpack_source(work: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&tree)?;
     cmd::run(Command::new("tar").arg("-xzf").arg(&tarball).arg("--strip-components=1").arg("-C").arg(&tree))?;
     Ok(tree)
+}
+
+/// Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, whose unsafe map
+/// iteration faults under Go 1.18 and later: the API server dies on its
+/// first custom resource (`fatal error: fault` in `mapiternext`). 1.0.2 is
+/// the upstream fix and API-compatible; Debian packages it.
+fn patch_reflect2(tree: &Path) -> anyhow::Result<()> {
+    let vendored = tree.join("vendor/github.com/modern-go/reflect2");
+    let fixed = Path::new("/usr/share/gocode/src/github.com/modern-go/reflect2");
+    if !fixed.join("unsafe_map.go").is_file() {
+        bail!("{} is missing (package golang-github-modern-go-reflect2-dev)", fixed.display());
+    }
+    // 1.0.2 reorganised its files: replace the package, do not overlay it.
+    for entry in std::fs::read_dir(&vendored)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "go" || e == "s") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    for entry in std::fs::read_dir(fixed)? {
+        let path = entry?.path();
+        let source = path.extension().is_some_and(|e| e == "go" || e == "s");
+        if source && !path.to_string_lossy().ends_with("_test.go") {
+            let name = path.file_name().context("file name")?;
+            std::fs::copy(&path, vendored.join(name)).with_context(|| format!("copy {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `make WHAT=cmd/kube-apiserver` from a GOPATH path, with the version

@@ -81,6 +81,8 @@ fn bench_l4(bench_args: &[String]) -> anyhow::Result<()> {
 
 fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
+    // The controller's e2e tests run against a real API server.
+    kube::ensure_apiserver()?;
     sweep::stale_test_leftovers()?;
     cmd::cargo(&["fmt", "--all", "--check"])?;
     codegen::run(true)?;

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument as _, debug, info, info_span};
 
-use crate::credentials::NodeCredentials;
+use crate::node_auth::NodeAuth;
 use crate::store::Store;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -42,7 +42,7 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 pub struct Shared {
     pub store: Store,
     pub ca: CertificateAuthority,
-    pub credentials: NodeCredentials,
+    pub auth: NodeAuth,
 }
 
 #[derive(Debug)]
@@ -117,7 +117,7 @@ where
 
 async fn route(request: hyper::Request<Incoming>, shared: &Shared, peer: Option<&Identity>, drain: &Drain) -> Response {
     let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(node) = shared.credentials.node_for(authorization).map(str::to_owned) else {
+    let Some(node) = shared.auth.node_for(authorization).await else {
         return text(StatusCode::UNAUTHORIZED, "a valid node credential is required");
     };
     match (request.method(), request.uri().path()) {

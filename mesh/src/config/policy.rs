@@ -79,7 +79,10 @@ impl WorkloadSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetReference {
-    #[serde(default)]
+    /// Empty for the core group. (Never serialized empty, which also keeps
+    /// an empty-string default out of the CRD schema: Kubernetes 1.20
+    /// rejects one.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub group: String,
     pub kind: String,
     pub name: String,

@@ -12,6 +12,7 @@ mod enrollment;
 mod fail_closed;
 mod hbone;
 mod hostile;
+mod kubernetes;
 mod scale;
 mod services;
 mod support;

@@ -1,0 +1,270 @@
+//! Issue 4 against a real kube-apiserver (1.20, from Debian's source): the
+//! manifests install, the CRDs' schemas reject bad objects at apply time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ambit_tests::cluster::PodSpec;
+use ambit_tests::control_plane::CONTROL_ADDR;
+use ambit_tests::kube_apiserver::ApiServer;
+use ambit_tests::netns::{Netns, unique_prefix};
+use ambit_tests::require_root;
+use ambit_tests::sample::{Server, exchange};
+use ambit_tests::topology::{APP_PORT, MESH_NAMESPACE, Standard, labels};
+use mesh::control::ControlClient;
+use mesh::identity::Identity;
+use mesh::tls::TrustBundle;
+use serde_json::Value;
+
+use crate::support::{WAIT, access_log_in};
+
+fn manifests() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests").display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_install_and_the_crds_reject_bad_policies() {
+    require_root();
+    let netns = Netns::create(&format!("{}-api", unique_prefix())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(&netns, dir.path()).await.unwrap();
+
+    let applied = api.kubectl(&netns, &["apply", "-k", &manifests()]).await.unwrap();
+    for created in [
+        "namespace/ambit-system",
+        "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.security.istio.io",
+        "clusterrole.rbac.authorization.k8s.io/ambit-controller",
+        "daemonset.apps/ztunnel",
+        "deployment.apps/ambit-controller",
+    ] {
+        assert!(applied.contains(created), "{created} not created:\n{applied}");
+    }
+    let examples = format!("{}/examples", manifests());
+    let applied = api.kubectl(&netns, &["apply", "-f", &examples]).await.unwrap();
+    assert!(applied.contains("authorizationpolicy.security.istio.io/payments-from-shop created"), "{applied}");
+    assert!(applied.contains("peerauthentication.security.istio.io/strict created"), "{applied}");
+
+    let bad_action = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\n\
+                      spec: {action: MAYBE}\n";
+    let refused = api.apply(&netns, bad_action).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("spec.action") && refused.contains("MAYBE"), "{refused}");
+    let bad_rules = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\n\
+                     spec: {rules: [{from: [{source: {namespaces: default}}]}]}\n";
+    let refused = api.apply(&netns, bad_rules).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("namespaces"), "{refused}");
+}
+
+/// Waits until node `node`'s agent runs a config newer than `after` with
+/// `enrolled` local pods captured; returns that version.
+async fn wait_enrolled(bed: &Standard, node: usize, after: u64, enrolled: u64) -> u64 {
+    let record = bed
+        .cluster
+        .ztunnel(node)
+        .wait_for_log(&format!("{enrolled} enrolled after version {after}"), WAIT, |r| {
+            r["message"] == "capture updated"
+                && r["version"].as_u64() > Some(after)
+                && r["enrolled"].as_u64() == Some(enrolled)
+        })
+        .await
+        .unwrap();
+    record["version"].as_u64().unwrap()
+}
+
+/// The latest config version node `node`'s agent has applied.
+fn agent_version(bed: &Standard, node: usize) -> u64 {
+    bed.cluster.ztunnel(node).log_records().iter().filter_map(|r| r["version"].as_u64()).max().unwrap_or(0)
+}
+
+/// Waits until node `node`'s agent applies a config newer than `after`.
+async fn wait_newer(bed: &Standard, node: usize, after: u64) -> u64 {
+    let record = bed
+        .cluster
+        .ztunnel(node)
+        .wait_for_log(&format!("a config newer than {after}"), WAIT, |r| {
+            r["message"] == "capture updated" && r["version"].as_u64() > Some(after)
+        })
+        .await
+        .unwrap();
+    record["version"].as_u64().unwrap()
+}
+
+async fn reaches(bed: &Standard, from: &str, to: &str) -> bool {
+    let pod = bed.cluster.pod(from);
+    exchange(&pod.netns, &pod.name, bed.cluster.pod(to).addr(APP_PORT), 512, 512).await.is_ok()
+}
+
+/// The `Accepted` condition of a policy, once the leader has written one
+/// for generation `generation` (polled through kubectl, bounded).
+async fn accepted_condition(bed: &mut Standard, name: &str, generation: u64) -> Value {
+    written_condition(bed, name, generation).await.expect("the leader writes an Accepted condition")
+}
+
+async fn written_condition(bed: &mut Standard, name: &str, generation: u64) -> Option<Value> {
+    let control = bed.cluster.control();
+    for _ in 0..200 {
+        let json =
+            control.kubectl(&["get", "authorizationpolicy", name, "-n", MESH_NAMESPACE, "-o", "json"]).await.unwrap();
+        let object: Value = serde_json::from_str(&json).unwrap();
+        let condition = &object["status"]["conditions"][0];
+        if condition["observedGeneration"].as_u64() == Some(generation) {
+            return Some(condition.clone());
+        }
+    }
+    None
+}
+
+const DENY_N1A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                        metadata: {name: deny-n1a, namespace: mesh}\nspec:\n  selector: {matchLabels: {name: n2-a}}\n  \
+                        action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/mesh/sa/sa-n1-a]}}]\n";
+
+/// Issue 4, test 2 (and the CA refusal, test 5, in this mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_follows_labels_and_policies() {
+    require_root();
+    let mut bed = Standard::start_with_kubernetes().await.unwrap();
+    assert!(reaches(&bed, "n1-a", "n2-a").await);
+
+    // Unlabel, then label the namespace with kubectl: enrolment follows.
+    let before = agent_version(&bed, 0);
+    bed.cluster.control().kubectl(&["label", "namespace", MESH_NAMESPACE, "istio.io/dataplane-mode-"]).await.unwrap();
+    let unlabelled = wait_enrolled(&bed, 0, before, 0).await;
+    bed.cluster
+        .control()
+        .kubectl(&["label", "namespace", MESH_NAMESPACE, "istio.io/dataplane-mode=ambient"])
+        .await
+        .unwrap();
+    wait_enrolled(&bed, 0, unlabelled, 2).await;
+    wait_enrolled(&bed, 1, agent_version(&bed, 1).saturating_sub(1), 2).await;
+    let n1a = bed.cluster.pod("n1-a");
+    exchange(&n1a.netns, "n1-a", bed.cluster.pod("n2-a").addr(APP_PORT), 4096, 4096).await.unwrap();
+    let inbound =
+        access_log_in(&bed.cluster, 1, "inbound", n1a.ip.into(), &bed.cluster.pod("n2-a").addr(APP_PORT).to_string())
+            .await;
+    assert_eq!(inbound["src.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n1-a", "over HBONE as n1-a");
+
+    // kubectl apply: enforced within a second; kubectl delete lifts it.
+    let before = agent_version(&bed, 1);
+    let applied = Instant::now();
+    bed.cluster.control().kube_apply(DENY_N1A).await.unwrap();
+    wait_newer(&bed, 1, before).await;
+    let enforced = applied.elapsed();
+    assert!(enforced < Duration::from_secs(1), "the policy took {enforced:?} to reach the destination's agent");
+    assert!(!reaches(&bed, "n1-a", "n2-a").await, "the DENY policy is enforced");
+    assert!(reaches(&bed, "n1-b", "n2-a").await, "and denies only what it says");
+    let accepted = accepted_condition(&mut bed, "deny-n1a", 1).await;
+    assert_eq!(
+        (accepted["type"].as_str(), accepted["status"].as_str()),
+        (Some("Accepted"), Some("True")),
+        "{accepted}"
+    );
+
+    // A semantically bad version: rejected in its status, last good stays.
+    let bad = DENY_N1A.replace("principals: [cluster.local/ns/mesh/sa/sa-n1-a]", "ipBlocks: [not-a-cidr]");
+    bed.cluster.control().kube_apply(&bad).await.unwrap();
+    let rejected = accepted_condition(&mut bed, "deny-n1a", 2).await;
+    assert_eq!(rejected["status"], "False", "{rejected}");
+    assert!(rejected["message"].as_str().is_some_and(|m| m.contains("not-a-cidr")), "{rejected}");
+    assert!(!reaches(&bed, "n1-a", "n2-a").await, "the last good version stays in force");
+    let events = bed
+        .cluster
+        .control()
+        .kubectl(&["get", "events.events.k8s.io", "-n", MESH_NAMESPACE, "-o", "json"])
+        .await
+        .unwrap();
+    assert!(events.contains("not-a-cidr"), "a Warning Event names the problem: {events}");
+
+    let before = agent_version(&bed, 1);
+    bed.cluster.control().kubectl(&["delete", "authorizationpolicy", "deny-n1a", "-n", MESH_NAMESPACE]).await.unwrap();
+    wait_newer(&bed, 1, before).await;
+    assert!(reaches(&bed, "n1-a", "n2-a").await, "deleting the policy lifts the deny");
+
+    // Node1's token cannot get node2's pods' identities.
+    let token = std::fs::read_to_string(bed.cluster.control().credential("node1").unwrap()).unwrap();
+    let trust = TrustBundle::from_pem("cluster.local", bed.cluster.ca().root_pem()).unwrap();
+    let client = ControlClient::new(CONTROL_ADDR.to_string(), trust, token, "node1".into());
+    let (own, foreign) = bed.cluster.nodes[0]
+        .netns
+        .enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(runtime.block_on(async {
+                let ttl = Duration::from_secs(60);
+                let own = client.certificate(&Identity::new("cluster.local", MESH_NAMESPACE, "sa-n1-a"), ttl).await;
+                let foreign = client.certificate(&Identity::new("cluster.local", MESH_NAMESPACE, "sa-n2-a"), ttl).await;
+                (own.is_ok(), foreign.err().map(|e| e.to_string()))
+            }))
+        })
+        .unwrap();
+    assert!(own, "node1's agent gets its own pods' identities");
+    assert!(foreign.as_deref().is_some_and(|e| e.contains("node node1 runs no pod as")), "{foreign:?}");
+}
+
+/// Issue 4, tests 3 and 4: static stability, and RBAC as the controller's
+/// own ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_survives_the_controller_and_keeps_to_its_rbac() {
+    require_root();
+    let mut bed = Standard::start_with_kubernetes().await.unwrap();
+    let mut failures = Vec::new();
+    let mut traffic = async |bed: &Standard, rounds: std::ops::Range<usize>| {
+        for round in rounds {
+            if !reaches(bed, "n1-a", "n2-a").await {
+                failures.push(round);
+            }
+        }
+    };
+    traffic(&bed, 0..30).await;
+    bed.cluster.control().kill().await.unwrap();
+    traffic(&bed, 30..130).await;
+    // A pod added while the controller is down.
+    let spec = PodSpec {
+        name: "n2-c".into(),
+        namespace: MESH_NAMESPACE.into(),
+        service_account: Some("sa-n2-c".into()),
+        workload_name: None,
+        labels: labels(&[("name", "n2-c")]),
+    };
+    let index = bed.cluster.add_pod(1, spec).unwrap();
+    let n2c = &bed.cluster.pods[index];
+    let server = Server::start(&n2c.netns, "n2-c", n2c.addr(APP_PORT)).unwrap();
+    let config = bed.cluster.config().clone();
+    bed.cluster.control().register(&config).await.unwrap();
+    traffic(&bed, 130..160).await;
+    assert!(failures.is_empty(), "rounds failed while the controller was down: {failures:?}");
+
+    let workloads = bed.cluster.config().workloads.len() as u64;
+    bed.cluster.control().start().await.unwrap();
+    for node in 0..2 {
+        bed.cluster
+            .ztunnel(node)
+            .wait_for_log("the new pod's config", WAIT, |r| {
+                r["message"] == "config applied" && r["workloads"].as_u64() == Some(workloads)
+            })
+            .await
+            .unwrap();
+    }
+    let n1a = bed.cluster.pod("n1-a");
+    exchange(&n1a.netns, "n1-a", server.addr, 4096, 4096).await.unwrap();
+    let inbound = access_log_in(&bed.cluster, 1, "inbound", n1a.ip.into(), &server.addr.to_string()).await;
+    assert_eq!(inbound["src.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n1-a");
+
+    // It did all that as its ServiceAccount; that account can do no more.
+    let control = bed.cluster.control();
+    let api = control.api.as_ref().unwrap();
+    for (question, allowed) in [
+        (&["watch", "pods", "--all-namespaces"][..], true),
+        (&["patch", "authorizationpolicies.security.istio.io", "--subresource=status", "-n", "mesh"], true),
+        (&["create", "tokenreviews.authentication.k8s.io"], true),
+        (&["get", "secrets/ambit-ca", "-n", "ambit-system"], true),
+        (&["update", "leases.coordination.k8s.io/ambit-controller", "-n", "ambit-system"], true),
+        (&["list", "secrets", "-n", "ambit-system"], false),
+        (&["get", "secrets/other", "-n", "ambit-system"], false),
+        (&["get", "secrets/ambit-ca", "-n", "default"], false),
+        (&["create", "pods", "-n", "mesh"], false),
+        (&["delete", "authorizationpolicies.security.istio.io", "-n", "mesh"], false),
+        (&["patch", "authorizationpolicies.security.istio.io", "-n", "mesh"], false),
+        (&["update", "leases.coordination.k8s.io/someone-else", "-n", "ambit-system"], false),
+    ] {
+        let answer = api.can_i_as_controller(&control.netns, question).await.unwrap();
+        assert_eq!(answer, allowed, "can the controller {question:?}?");
+    }
+}
