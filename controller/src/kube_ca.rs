@@ -94,3 +94,60 @@ async fn publish_root(client: &kube::Client, namespace: &str, root_pem: &str) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use mesh::ca::CertificateAuthority;
+    use serde_json::json;
+
+    use crate::kube_mock::{Exchange, scripted_client, status};
+
+    const SECRET: &str = "/api/v1/namespaces/ambit-system/secrets/ambit-ca";
+    const SECRETS: &str = "/api/v1/namespaces/ambit-system/secrets";
+    const CONFIGMAP: &str = "/api/v1/namespaces/ambit-system/configmaps/ambit-ca-root";
+    const CONFIGMAPS: &str = "/api/v1/namespaces/ambit-system/configmaps";
+
+    /// Secret data as the API server sends it (base64, by ByteString).
+    fn b64(text: &str) -> serde_json::Value {
+        serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec())).unwrap_or_default()
+    }
+
+    /// Two replicas start together: ours loses the race to create the CA
+    /// Secret (409), so it must use the winner's root, not its own.
+    #[tokio::test]
+    async fn losing_the_race_to_create_the_root_uses_the_winners() {
+        let winner = CertificateAuthority::generate("cluster.local").unwrap_or_else(|e| panic!("{e}"));
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ambit-ca"}, "data": {
+            "root-cert.pem": b64(winner.root_pem()), "root-key.pem": b64(winner.key_pem()),
+        }});
+        let configmap = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ambit-ca-root"}});
+        let (client, verifier) = scripted_client(vec![
+            Exchange {
+                method: Method::GET,
+                path: SECRET,
+                status: StatusCode::NOT_FOUND,
+                body: status(404, "NotFound"),
+            },
+            Exchange {
+                method: Method::POST,
+                path: SECRETS,
+                status: StatusCode::CONFLICT,
+                body: status(409, "AlreadyExists"),
+            },
+            Exchange { method: Method::GET, path: SECRET, status: StatusCode::OK, body: secret },
+            Exchange {
+                method: Method::GET,
+                path: CONFIGMAP,
+                status: StatusCode::NOT_FOUND,
+                body: status(404, "NotFound"),
+            },
+            Exchange { method: Method::POST, path: CONFIGMAPS, status: StatusCode::CREATED, body: configmap },
+        ]);
+        let ca =
+            super::load_or_create(&client, "ambit-system", "cluster.local").await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(ca.root_pem(), winner.root_pem(), "the winner's root, not a second one");
+        let sent = verifier.await.unwrap_or_default();
+        assert_eq!(sent[4]["data"]["root-cert.pem"], winner.root_pem(), "agents are given that same root");
+    }
+}

@@ -80,3 +80,66 @@ async fn try_acquire(leases: &Api<Lease>, identity: &str) -> Result<bool, kube::
         Err(error) => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::Api;
+    use serde_json::{Value, json};
+
+    use crate::kube_mock::{Exchange, scripted_client, status};
+
+    const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ambit-system/leases/ambit-controller";
+
+    fn lease(holder: &str, renewed_seconds_ago: i64) -> Value {
+        let renewed = Timestamp::now() - SignedDuration::from_secs(renewed_seconds_ago);
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "ambit-controller", "resourceVersion": "7"},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                        "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseTransitions": 3}})
+    }
+
+    async fn attempt(script: Vec<Exchange>) -> (bool, Vec<Value>) {
+        let (client, verifier) = scripted_client(script);
+        let leases = Api::<Lease>::namespaced(client, "ambit-system");
+        let held = super::try_acquire(&leases, "me").await.unwrap_or_else(|e| panic!("{e}"));
+        (held, verifier.await.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_of_another_replica_is_left_alone() {
+        let get = Exchange { method: Method::GET, path: LEASE_PATH, status: StatusCode::OK, body: lease("other", 2) };
+        let (held, _) = attempt(vec![get]).await;
+        assert!(!held);
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_is_taken_over() {
+        let (held, sent) = attempt(vec![
+            Exchange { method: Method::GET, path: LEASE_PATH, status: StatusCode::OK, body: lease("other", 60) },
+            Exchange { method: Method::PUT, path: LEASE_PATH, status: StatusCode::OK, body: lease("me", 0) },
+        ])
+        .await;
+        assert!(held);
+        assert_eq!(sent[1]["spec"]["holderIdentity"], "me");
+        assert_eq!(sent[1]["spec"]["leaseTransitions"], 4);
+        assert_eq!(sent[1]["metadata"]["resourceVersion"], "7", "optimistic concurrency decides races");
+    }
+
+    #[tokio::test]
+    async fn losing_a_renewal_race_means_not_leader() {
+        let (held, _) = attempt(vec![
+            Exchange { method: Method::GET, path: LEASE_PATH, status: StatusCode::OK, body: lease("me", 3) },
+            Exchange {
+                method: Method::PUT,
+                path: LEASE_PATH,
+                status: StatusCode::CONFLICT,
+                body: status(409, "Conflict"),
+            },
+        ])
+        .await;
+        assert!(!held);
+    }
+}

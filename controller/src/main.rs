@@ -8,6 +8,8 @@ mod authority;
 mod crds;
 mod credentials;
 mod kube_ca;
+#[cfg(test)]
+mod kube_mock;
 mod kube_source;
 mod leader;
 mod local_dir;
