@@ -71,7 +71,13 @@ async fn publish_root(client: &kube::Client, namespace: &str, root_pem: &str) ->
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     let wanted = BTreeMap::from([(CERT_KEY.to_owned(), root_pem.to_owned())]);
     match configmaps.get_opt(ROOT_CONFIGMAP).await.context("read the root ConfigMap")? {
-        Some(existing) if existing.data.as_ref() == Some(&wanted) => Ok(()),
+        // A bundle that already holds our root (during a rotation: old and
+        // new) is the operator's; leave it.
+        Some(existing)
+            if existing.data.as_ref().and_then(|d| d.get(CERT_KEY)).is_some_and(|b| b.contains(root_pem.trim())) =>
+        {
+            Ok(())
+        }
         Some(mut existing) => {
             existing.data = Some(wanted);
             configmaps
