@@ -117,3 +117,58 @@ async fn send(tx: &mpsc::Sender<Bytes>, published: &Published, body: UpdateBody)
     metrics::histogram!(PUSH_SECONDS).record(published.at.elapsed().as_secs_f64());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use mesh::config::{MeshConfig, Namespace};
+    use mesh::control::{Update, UpdateBody};
+    use tokio::sync::mpsc;
+
+    use crate::store::Store;
+
+    fn config(name: &str) -> MeshConfig {
+        MeshConfig { namespaces: vec![Namespace { name: name.into(), ..Default::default() }], ..Default::default() }
+    }
+
+    fn parse(line: &Bytes) -> Update {
+        serde_json::from_slice(line).unwrap_or_else(|e| panic!("bad update line: {e}"))
+    }
+
+    /// One agent stops reading; another keeps up with every version, and
+    /// the slow one, once it reads again, gets one delta for all it missed.
+    #[tokio::test]
+    async fn a_slow_agent_delays_no_one() {
+        let store = Store::new();
+        store.publish(config("v1"));
+        let (slow_tx, mut slow_rx) = mpsc::channel::<Bytes>(1);
+        let (fast_tx, mut fast_rx) = mpsc::channel::<Bytes>(1);
+        let (slow_store, fast_store) = (store.clone(), store.clone());
+        tokio::spawn(async move { super::follow(&slow_store, None, &slow_tx).await });
+        tokio::spawn(async move { super::follow(&fast_store, None, &fast_tx).await });
+        let first = fast_rx.recv().await.map(|l| parse(&l)).map(|u| u.version);
+        assert_eq!(first, Some(1));
+        for version in 2..=20u64 {
+            store.publish(config(&format!("v{version}")));
+            let update = fast_rx.recv().await.map(|l| parse(&l));
+            let Some(Update { version: got, body: UpdateBody::Delta { from, .. }, .. }) = update else {
+                panic!("the fast agent got no delta for version {version}");
+            };
+            assert_eq!((from, got), (version - 1, version), "the fast agent keeps up");
+        }
+        let mut slow = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout(std::time::Duration::from_secs(5), slow_rx.recv()).await {
+            let update = parse(&line);
+            let last = update.version == 20;
+            slow.push(update);
+            if last {
+                break;
+            }
+        }
+        assert!(slow.len() <= 3, "the slow agent got {} messages, not one per version", slow.len());
+        let Some(Update { body: UpdateBody::Delta { changes, .. }, .. }) = slow.last() else {
+            panic!("the slow agent's last message is not a delta: {slow:?}");
+        };
+        assert_eq!(changes.namespaces.upserted[0].name, "v20");
+    }
+}
