@@ -11,7 +11,7 @@ use ambit_tests::require_root;
 use ambit_tests::sample::{Server, exchange};
 use ambit_tests::topology::{APP_PORT, MESH_NAMESPACE, Standard, labels};
 use mesh::ca::CaError;
-use mesh::control::{ControlClient, ControlError, ztunnel_identity};
+use mesh::control::{ControlClient, ControlError, SignRequest, ztunnel_identity};
 use mesh::identity::Identity;
 use mesh::tls::TrustBundle;
 
@@ -160,6 +160,27 @@ async fn the_controller_refuses_identities_of_other_nodes_pods() {
         matches!(&stream_as_workload, Some(ControlError::Status { status, .. }) if status.as_u16() == 403),
         "{stream_as_workload:?}"
     );
+
+    // Malformed requests get a 400 that says what is wrong, and the
+    // controller carries on.
+    let (bad_csr, bad_identity) = as_node(&bed, 0, &credential, async |client| {
+        let identity = "spiffe://cluster.local/ns/mesh/sa/sa-n1-a".to_owned();
+        let bad_csr = SignRequest { identity, csr: "-----BEGIN GARBAGE-----".into(), ttl_seconds: 60 };
+        let bad_identity = SignRequest { identity: "http://not-spiffe".into(), ..bad_csr.clone() };
+        (client.sign(&bad_csr).await.err(), client.sign(&bad_identity).await.err())
+    });
+    for (error, says) in [(bad_csr, "invalid certificate signing request"), (bad_identity, "bad identity")] {
+        assert!(
+            matches!(&error, Some(ControlError::Status { status, message }) if status.as_u16() == 400 && message.contains(says)),
+            "{error:?}"
+        );
+    }
+    let still = as_node(&bed, 0, &credential, async |client| client.certificate(&own_identity(), ttl).await.is_ok());
+    assert!(still, "the controller still serves after bad input");
+}
+
+fn own_identity() -> Identity {
+    Identity::new("cluster.local", MESH_NAMESPACE, "sa-n1-a")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
