@@ -168,26 +168,32 @@ impl ControlPlane {
         if self.process.is_some() {
             bail!("the controller is already running");
         }
+        self.process = Some(self.spawn_replica("ambit-controller-0", CONTROL_ADDR, METRICS_ADDR).await?);
+        Ok(())
+    }
+
+    /// Kubernetes mode: one more replica, on other ports of the same
+    /// namespace (as another pod would be), ready to serve. The test owns it.
+    pub async fn start_replica(&self, name: &str, control: u16, metrics: u16) -> anyhow::Result<Process> {
+        let addr = |port| SocketAddr::new(std::net::IpAddr::V4(CONTROLLER_IP), port);
+        self.spawn_replica(name, addr(control), addr(metrics)).await
+    }
+
+    async fn spawn_replica(&self, name: &str, control: SocketAddr, metrics: SocketAddr) -> anyhow::Result<Process> {
         let binary = binary("controller")?;
         let mut command = Command::from(self.netns.command(binary.to_str().context("path")?));
         match &self.api {
             Some(api) => {
                 command.arg("--kubernetes").env("KUBECONFIG", &api.controller_kubeconfig);
-                command.env("POD_NAMESPACE", "ambit-system").env("POD_NAME", "ambit-controller-0");
+                command.env("POD_NAMESPACE", "ambit-system").env("POD_NAME", name);
             }
             None => {
                 command.arg("--config-dir").arg(&self.objects_dir).arg("--ca-dir").arg(&self.ca_dir);
                 command.arg("--node-credentials").arg(&self.credentials_file);
             }
         }
-        command.args([
-            "--listen",
-            &CONTROL_ADDR.to_string(),
-            "--metrics-addr",
-            &METRICS_ADDR.to_string(),
-            "--log-json",
-        ]);
-        let process = Process::spawn("controller", command)?;
+        command.args(["--listen", &control.to_string(), "--metrics-addr", &metrics.to_string(), "--log-json"]);
+        let process = Process::spawn(name, command)?;
         process
             .wait_for_log("listening", Duration::from_secs(30), |r| r["message"] == "control endpoint listening")
             .await?;
@@ -195,12 +201,11 @@ impl ControlPlane {
             let synced = |r: &serde_json::Value| r["message"] == "every kind listed; serving config";
             process.wait_for_log("its first sync", Duration::from_secs(30), synced).await?;
         }
-        let (status, body) = crate::http::get(&self.netns, METRICS_ADDR, "/ready").await?;
+        let (status, body) = crate::http::get(&self.netns, metrics, "/ready").await?;
         if status != 200 {
-            bail!("the controller listens but /ready says {status}: {body}; log:\n{}", process.log_lines().join("\n"));
+            bail!("{name} listens but /ready says {status}: {body}; log:\n{}", process.log_lines().join("\n"));
         }
-        self.process = Some(process);
-        Ok(())
+        Ok(process)
     }
 
     /// Kills the controller outright (SIGKILL), as a crash would.

@@ -268,3 +268,54 @@ async fn kubernetes_mode_survives_the_controller_and_keeps_to_its_rbac() {
         assert_eq!(answer, allowed, "can the controller {question:?}?");
     }
 }
+
+/// The Lease's holder, as the API server has it.
+async fn lease_holder(bed: &mut Standard) -> String {
+    let jsonpath = "-o=jsonpath={.spec.holderIdentity}";
+    bed.cluster.control().kubectl(&["get", "lease", "ambit-controller", "-n", "ambit-system", jsonpath]).await.unwrap()
+}
+
+/// HA: every replica serves agents; one leads (writes status); when it
+/// dies another takes over, and status is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_all_serve_and_one_leads() {
+    require_root();
+    let mut bed = Standard::start_with_kubernetes().await.unwrap();
+    let second = bed.cluster.control().start_replica("ambit-controller-1", 16012, 16014).await.unwrap();
+    assert_eq!(lease_holder(&mut bed).await, "ambit-controller-0", "the first replica leads");
+
+    // The second replica serves an agent as well: a certificate, then config.
+    let token = std::fs::read_to_string(bed.cluster.control().credential("node1").unwrap()).unwrap();
+    let trust = TrustBundle::from_pem("cluster.local", bed.cluster.ca().root_pem()).unwrap();
+    let client = ControlClient::new("10.200.0.2:16012", trust, token, "node1".into());
+    let workloads = bed.cluster.nodes[0]
+        .netns
+        .enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let identity = mesh::control::ztunnel_identity("cluster.local");
+                let cert = client.certificate(&identity, Duration::from_secs(60)).await?;
+                let mut stream = client.config_stream(&cert, None).await?;
+                let update = stream.next().await.ok_or_else(|| anyhow::anyhow!("no update"))??;
+                let mut held = mesh::control::ConfigStream::default();
+                Ok::<_, anyhow::Error>(held.apply(update)?.workloads.len())
+            })
+        })
+        .unwrap();
+    assert_eq!(workloads, bed.cluster.config().workloads.len(), "the second replica serves the whole config");
+
+    // The leader dies; the other takes the Lease over once it lapses, and
+    // writes status from then on.
+    bed.cluster.control().kill().await.unwrap();
+    second
+        .wait_for_log("leadership", Duration::from_secs(60), |r| {
+            r["message"] == "leadership changed" && r["leader"] == true
+        })
+        .await
+        .unwrap();
+    assert_eq!(lease_holder(&mut bed).await, "ambit-controller-1");
+    let bad = DENY_N1A.replace("principals: [cluster.local/ns/mesh/sa/sa-n1-a]", "ipBlocks: [not-a-cidr]");
+    bed.cluster.control().kube_apply(&bad).await.unwrap();
+    let rejected = accepted_condition(&mut bed, "deny-n1a", 1).await;
+    assert_eq!(rejected["status"], "False", "the new leader writes status: {rejected}");
+}
