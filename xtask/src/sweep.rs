@@ -35,6 +35,12 @@ pub fn stale_test_leftovers() -> anyhow::Result<()> {
     for name in netns_names()? {
         if owner_pid(&name).is_some_and(is_dead) {
             eprintln!("xtask: removing stale namespace {name}");
+            // A killed test run leaves its children (agents, etcd, the API
+            // server) running inside; they would keep the namespace alive.
+            let pids = cmd::output(Command::new("ip").args(["netns", "pids", &name])).unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
             cmd::run(Command::new("ip").args(["netns", "del", &name]))?;
         }
     }
