@@ -48,18 +48,23 @@ impl Reconciler {
         let mut outcomes = Vec::new();
         for change in changes {
             match change {
-                Change::Upsert(object) => {
-                    let key = object.key();
-                    let outcome = self.translator.upsert(&object);
-                    if let Outcome::Rejected(reason) = &outcome {
-                        metrics::counter!(RECONCILE_ERRORS, "kind" => format!("{:?}", key.kind)).increment(1);
-                        warn!(object = %key, %reason, "rejected; its last good version stays in force");
-                    }
-                    outcomes.push((key, outcome));
-                }
+                Change::Upsert(object) => outcomes.push((object.key(), self.translator.upsert(&object))),
                 Change::Delete(key) => self.translator.remove(&key),
             }
         }
+        // Rejections are visible (on `/status`) before they are logged, so
+        // whoever reads the log finds them there.
+        self.publish_rejections();
+        for (key, outcome) in &outcomes {
+            if let Outcome::Rejected(reason) = outcome {
+                metrics::counter!(RECONCILE_ERRORS, "kind" => format!("{:?}", key.kind)).increment(1);
+                warn!(object = %key, %reason, "rejected; its last good version stays in force");
+            }
+        }
+        (outcomes, self.publish())
+    }
+
+    fn publish_rejections(&self) {
         let rejections = self
             .translator
             .rejected()
@@ -71,7 +76,6 @@ impl Reconciler {
             *current = rejections;
             changed
         });
-        (outcomes, self.publish())
     }
 
     fn publish(&self) -> u64 {
