@@ -116,7 +116,9 @@ pub async fn follow(client: kube::Client, mut reconciler: Reconciler, status: St
                 Err(error) => warn!(%error, "watch failed; retrying with backoff"),
             }
         }
-        if state.listed.len() < KINDS || state.pending.is_empty() {
+        // Wait for the first full listing; after it, publish only on change.
+        // (An empty cluster still gets its first, empty, publication.)
+        if state.listed.len() < KINDS || (state.synced && state.pending.is_empty()) {
             continue;
         }
         let first_sync = !state.synced;
@@ -171,14 +173,6 @@ impl SyncState {
                     self.forget(&key);
                 }
                 self.listed.insert(kind);
-                // An empty kind still needs its first publication.
-                if self.pending.is_empty() && !self.synced && self.listed.len() == KINDS {
-                    self.pending.push(Change::Delete(ObjectKey {
-                        kind,
-                        namespace: String::new(),
-                        name: String::new(),
-                    }));
-                }
             }
         }
     }

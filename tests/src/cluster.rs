@@ -391,6 +391,8 @@ impl Drop for Cluster {
         self.ztunnels.clear();
         self.control = None;
         let _ = std::fs::remove_dir_all(PathBuf::from(PIN_ROOT).join(&self.prefix));
+        // The shared root goes too once no cluster uses it (fails while one does).
+        let _ = std::fs::remove_dir(PIN_ROOT);
     }
 }
 

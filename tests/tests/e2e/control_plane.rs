@@ -15,7 +15,7 @@ use mesh::control::{ControlClient, ControlError, SignRequest, ztunnel_identity};
 use mesh::identity::Identity;
 use mesh::tls::TrustBundle;
 
-use crate::support::{WAIT, access_log_in};
+use crate::support::{WAIT, access_log_in, wait_all_agents_hold};
 
 /// Adds an enrolled pod with its sample server, and publishes the objects.
 async fn add_enrolled_pod(bed: &mut Standard, node: usize, name: &str) -> SocketAddr {
@@ -206,16 +206,8 @@ async fn agents_keep_serving_while_the_controller_is_down() {
     let n2c = add_enrolled_pod(&mut bed, 1, "n2-c").await;
     bed.cluster.write_config().unwrap();
     bed.cluster.control().start().await.unwrap();
-    let workloads = bed.cluster.config().workloads.len() as u64;
-    for node in 0..2 {
-        bed.cluster
-            .ztunnel(node)
-            .wait_for_log("the new pod's config", WAIT, |r| {
-                r["message"] == "config applied" && r["workloads"].as_u64() == Some(workloads)
-            })
-            .await
-            .unwrap();
-    }
+    let workloads = bed.cluster.config().workloads.len();
+    wait_all_agents_hold(&bed.cluster, workloads).await;
     assert_meshed(&bed, "n1-a", n2c, 1).await;
 }
 

@@ -16,7 +16,7 @@ use mesh::identity::Identity;
 use mesh::tls::TrustBundle;
 use serde_json::Value;
 
-use crate::support::{WAIT, access_log_in};
+use crate::support::{WAIT, access_log_in, wait_all_agents_hold};
 
 fn manifests() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests").display().to_string()
@@ -231,17 +231,9 @@ async fn kubernetes_mode_survives_the_controller_and_keeps_to_its_rbac() {
     traffic(&bed, 130..160).await;
     assert!(failures.is_empty(), "rounds failed while the controller was down: {failures:?}");
 
-    let workloads = bed.cluster.config().workloads.len() as u64;
+    let workloads = bed.cluster.config().workloads.len();
     bed.cluster.control().start().await.unwrap();
-    for node in 0..2 {
-        bed.cluster
-            .ztunnel(node)
-            .wait_for_log("the new pod's config", WAIT, |r| {
-                r["message"] == "config applied" && r["workloads"].as_u64() == Some(workloads)
-            })
-            .await
-            .unwrap();
-    }
+    wait_all_agents_hold(&bed.cluster, workloads).await;
     let n1a = bed.cluster.pod("n1-a");
     exchange(&n1a.netns, "n1-a", server.addr, 4096, 4096).await.unwrap();
     let inbound = access_log_in(&bed.cluster, 1, "inbound", n1a.ip.into(), &server.addr.to_string()).await;

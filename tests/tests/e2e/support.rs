@@ -80,3 +80,17 @@ pub async fn config_dump(cluster: &Cluster, node: usize) -> Value {
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
+
+/// Waits until every agent has applied a config from the controller
+/// holding `workloads` workloads (a pod added, say).
+pub async fn wait_all_agents_hold(cluster: &Cluster, workloads: usize) {
+    for node in 0..cluster.nodes.len() {
+        cluster
+            .ztunnel(node)
+            .wait_for_log(&format!("a config of {workloads} workloads"), WAIT, |r| {
+                r["message"] == "config applied" && r["workloads"].as_u64() == Some(workloads as u64)
+            })
+            .await
+            .unwrap();
+    }
+}
