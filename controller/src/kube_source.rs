@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 
 use futures::{FutureExt as _, Stream, StreamExt as _};
+use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::Api;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource as _};
 use mesh::config::policy::{ObjectMeta, Resource, SECURITY_API_VERSION};
 use mesh::drain::Drain;
 use tracing::{info, warn};
@@ -28,6 +30,8 @@ enum Seen {
     Object(Object, Option<Meta>),
     Deleted(ObjectKey),
     Listed(Kind),
+    /// The API server does not serve the kind (its CRD is not installed).
+    Unserved(Kind),
 }
 
 /// What status writing needs of a policy object.
@@ -35,6 +39,18 @@ enum Seen {
 pub struct Meta {
     pub generation: Option<i64>,
     pub reference: ObjectReference,
+    /// An HTTPRoute's Service parentRefs: its status is per parent.
+    pub route_parents: Vec<serde_json::Value>,
+}
+
+fn meta_of<K: kube::Resource<DynamicType = ()>>(object: &K) -> Meta {
+    Meta { generation: object.meta().generation, reference: object.object_ref(&()), route_parents: Vec::new() }
+}
+
+/// A 404 from a list means the kind is not served; a watcher keeps
+/// retrying, so the kind is picked up once its CRD is installed.
+fn is_unserved(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404)
 }
 
 type SeenStream = Pin<Box<dyn Stream<Item = Result<Seen, watcher::Error>> + Send>>;
@@ -47,6 +63,9 @@ where
 {
     let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
     Box::pin(events.map(move |event| {
+        if event.as_ref().is_err_and(is_unserved) {
+            return Ok(Seen::Unserved(kind));
+        }
         event.map(|event| match event {
             Event::Init => Seen::Relist(kind),
             Event::InitDone => Seen::Listed(kind),
@@ -79,19 +98,32 @@ fn streams(client: &kube::Client) -> Vec<SeenStream> {
         watch(Api::<Pod>::all(c()), Kind::Pod, |o| (Object::Pod(Box::new(o)), None)),
         watch(Api::<Service>::all(c()), Kind::Service, |o| (Object::Service(Box::new(o)), None)),
         watch(Api::<crds::AuthorizationPolicy>::all(c()), Kind::AuthorizationPolicy, |o| {
-            let meta = Meta { generation: o.metadata.generation, reference: o.object_ref(&()) };
+            let meta = meta_of(&o);
             let resource = policy("AuthorizationPolicy", &o.metadata, &o.spec.spec);
             (Object::AuthorizationPolicy(Box::new(resource)), Some(meta))
         }),
         watch(Api::<crds::PeerAuthentication>::all(c()), Kind::PeerAuthentication, |o| {
-            let meta = Meta { generation: o.metadata.generation, reference: o.object_ref(&()) };
+            let meta = meta_of(&o);
             let resource = policy("PeerAuthentication", &o.metadata, &o.spec.spec);
             (Object::PeerAuthentication(Box::new(resource)), Some(meta))
         }),
+        watch(Api::<crds::networking::VirtualService>::all(c()), Kind::VirtualService, |o| {
+            (Object::VirtualService(Box::new(o.clone())), Some(meta_of(&o)))
+        }),
+        watch(Api::<crds::networking::DestinationRule>::all(c()), Kind::DestinationRule, |o| {
+            (Object::DestinationRule(Box::new(o.clone())), Some(meta_of(&o)))
+        }),
+        watch(Api::<HttpRoute>::all(c()), Kind::HttpRoute, |o| {
+            let parents = crate::translate::service_parents(&o);
+            let parents = parents.iter().filter_map(|p| serde_json::to_value(p).ok()).collect();
+            let meta = Meta { route_parents: parents, ..meta_of(&o) };
+            (Object::HttpRoute(Box::new(o)), Some(meta))
+        }),
+        watch(Api::<Gateway>::all(c()), Kind::Gateway, |o| (Object::Gateway(Box::new(o.clone())), Some(meta_of(&o)))),
     ]
 }
 
-const KINDS: usize = 5;
+const KINDS: usize = Kind::ALL.len();
 
 /// Follows the cluster until drained.
 pub async fn follow(client: kube::Client, mut reconciler: Reconciler, status: StatusWriter, drain: Drain) {
@@ -142,6 +174,8 @@ struct SyncState {
     known: BTreeMap<Kind, BTreeSet<ObjectKey>>,
     pending: Vec<Change>,
     metas: BTreeMap<ObjectKey, Meta>,
+    /// Kinds whose CRD is missing (reported once each).
+    unserved: BTreeSet<Kind>,
 }
 
 impl SyncState {
@@ -164,7 +198,17 @@ impl SyncState {
             Seen::Deleted(key) => {
                 self.forget(&key);
             }
+            Seen::Unserved(kind) => {
+                if self.unserved.insert(kind) {
+                    warn!(?kind, "the API server does not serve this kind (is its CRD installed?); reading none");
+                }
+                self.relisting.insert(kind, BTreeSet::new());
+                self.record(Seen::Listed(kind));
+            }
             Seen::Listed(kind) => {
+                if self.unserved.remove(&kind) && self.listed.contains(&kind) {
+                    info!(?kind, "the API server serves this kind now");
+                }
                 // Whatever was known but not relisted was deleted meanwhile.
                 let relisted = self.relisting.remove(&kind).unwrap_or_default();
                 let gone: Vec<ObjectKey> =

@@ -25,6 +25,7 @@ mod translate;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::Parser as _;
 
 #[derive(Clone, Debug, clap::Parser)]
@@ -36,7 +37,7 @@ pub struct Settings {
     /// Local-directory mode: read the objects users would `kubectl apply`
     /// (Namespaces, Pods, Services, Istio policies) from this directory's
     /// YAML files, and follow changes.
-    #[arg(long, env = "AMBIT_CONFIG_DIR", required_unless_present_any = ["print_crds", "kubernetes"])]
+    #[arg(long, env = "AMBIT_CONFIG_DIR", required_unless_present_any = ["write_crds", "kubernetes"])]
     pub config_dir: Option<PathBuf>,
     /// Kubernetes mode: watch the API server (in-cluster, or `KUBECONFIG`);
     /// the CA root lives in a Secret, agents prove their node with their
@@ -55,15 +56,16 @@ pub struct Settings {
     pub token_audience: String,
     /// Where the mesh root CA's certificate and key are; created on first
     /// start if absent.
-    #[arg(long, env = "AMBIT_CA_DIR", required_unless_present_any = ["print_crds", "kubernetes"])]
+    #[arg(long, env = "AMBIT_CA_DIR", required_unless_present_any = ["write_crds", "kubernetes"])]
     pub ca_dir: Option<PathBuf>,
     /// Per-node bootstrap credentials (YAML: `node-name: token`).
-    #[arg(long, env = "AMBIT_NODE_CREDENTIALS", required_unless_present_any = ["print_crds", "kubernetes"])]
+    #[arg(long, env = "AMBIT_NODE_CREDENTIALS", required_unless_present_any = ["write_crds", "kubernetes"])]
     pub node_credentials: Option<PathBuf>,
-    /// Print the CustomResourceDefinitions of the kinds the controller reads
-    /// (generated from its types) and exit.
-    #[arg(long, exclusive = true)]
-    pub print_crds: bool,
+    /// Write the CustomResourceDefinitions of the kinds the controller reads
+    /// (generated from its types) under this directory (`manifests/`), and
+    /// exit.
+    #[arg(long, exclusive = true, value_name = "DIR")]
+    pub write_crds: Option<PathBuf>,
     /// The control endpoint agents connect to.
     #[arg(long, env = "AMBIT_LISTEN", default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
@@ -85,10 +87,13 @@ pub struct Settings {
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    if settings.print_crds {
-        #[allow(clippy::print_stdout, reason = "the CRDs are this command's output")]
-        {
-            print!("{}", crds::yaml()?);
+    if let Some(dir) = &settings.write_crds {
+        for (path, text) in crds::files()? {
+            let path = dir.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
         }
         return Ok(());
     }

@@ -52,6 +52,10 @@ impl Reconciler {
                 Change::Delete(key) => self.translator.remove(&key),
             }
         }
+        // Routes are settled once the batch is in: their final word wins.
+        let settled = self.translator.settle();
+        outcomes.retain(|(key, _)| !settled.iter().any(|(k, _)| k == key));
+        outcomes.extend(settled);
         // Rejections are visible (on `/status`) before they are logged, so
         // whoever reads the log finds them there.
         self.publish_rejections();

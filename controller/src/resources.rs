@@ -3,8 +3,12 @@
 
 use std::fmt;
 
+use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use mesh::config::policy::{AuthorizationPolicy, PeerAuthentication};
+
+use crate::crds::networking::{DestinationRule, VirtualService};
 
 /// The kinds that feed the mesh config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,6 +18,25 @@ pub enum Kind {
     Service,
     AuthorizationPolicy,
     PeerAuthentication,
+    VirtualService,
+    DestinationRule,
+    HttpRoute,
+    Gateway,
+}
+
+impl Kind {
+    /// Every kind, in the order they are watched.
+    pub const ALL: [Self; 9] = [
+        Self::Namespace,
+        Self::Pod,
+        Self::Service,
+        Self::AuthorizationPolicy,
+        Self::PeerAuthentication,
+        Self::VirtualService,
+        Self::DestinationRule,
+        Self::HttpRoute,
+        Self::Gateway,
+    ];
 }
 
 /// A kind and a namespaced name; namespaces have an empty `namespace`.
@@ -41,6 +64,10 @@ pub enum Object {
     Service(Box<Service>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
+    HttpRoute(Box<HttpRoute>),
+    Gateway(Box<Gateway>),
 }
 
 impl Object {
@@ -55,6 +82,10 @@ impl Object {
             Self::PeerAuthentication(o) => {
                 (Kind::PeerAuthentication, Some(o.metadata.namespace.clone()), Some(o.metadata.name.clone()))
             }
+            Self::VirtualService(o) => (Kind::VirtualService, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Self::DestinationRule(o) => (Kind::DestinationRule, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Self::HttpRoute(o) => (Kind::HttpRoute, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Self::Gateway(o) => (Kind::Gateway, o.metadata.namespace.clone(), o.metadata.name.clone()),
         };
         ObjectKey { kind, namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() }
     }
@@ -100,6 +131,18 @@ pub fn parse_documents(text: &str) -> Result<Parsed, ParseError> {
             ("security.istio.io", "PeerAuthentication") => {
                 Object::PeerAuthentication(Box::new(from_value(value.clone()).map_err(object_error)?))
             }
+            ("networking.istio.io", "VirtualService") => {
+                Object::VirtualService(Box::new(from_value(value.clone()).map_err(object_error)?))
+            }
+            ("networking.istio.io", "DestinationRule") => {
+                Object::DestinationRule(Box::new(from_value(value.clone()).map_err(object_error)?))
+            }
+            ("gateway.networking.k8s.io", "HTTPRoute") => {
+                Object::HttpRoute(Box::new(from_value(value.clone()).map_err(object_error)?))
+            }
+            ("gateway.networking.k8s.io", "Gateway") => {
+                Object::Gateway(Box::new(from_value(value.clone()).map_err(object_error)?))
+            }
             _ => {
                 parsed.skipped.push(format!("{api_version} {kind}"));
                 continue;
@@ -131,6 +174,18 @@ fn default_namespace(mut object: Object) -> Object {
         }
         Object::PeerAuthentication(o) if o.metadata.namespace.is_empty() => {
             DEFAULT.clone_into(&mut o.metadata.namespace)
+        }
+        Object::VirtualService(o) => {
+            o.metadata.namespace.get_or_insert_with(|| DEFAULT.into());
+        }
+        Object::DestinationRule(o) => {
+            o.metadata.namespace.get_or_insert_with(|| DEFAULT.into());
+        }
+        Object::HttpRoute(o) => {
+            o.metadata.namespace.get_or_insert_with(|| DEFAULT.into());
+        }
+        Object::Gateway(o) => {
+            o.metadata.namespace.get_or_insert_with(|| DEFAULT.into());
         }
         _ => {}
     }

@@ -55,7 +55,7 @@ impl StatusWriter {
         for (key, outcome) in outcomes {
             let Some(meta) = metas.get(&key) else { continue };
             let (accepted, message) = match outcome {
-                Outcome::Accepted => (true, "the mesh enforces this policy".to_owned()),
+                Outcome::Accepted => (true, "the mesh applies this version".to_owned()),
                 Outcome::Rejected(reason) => (false, format!("{reason}; the last good version stays in force")),
                 Outcome::NotRouted(_) => continue,
             };
@@ -94,27 +94,60 @@ impl StatusWriter {
     }
 }
 
-async fn write(client: &kube::Client, recorder: &Recorder, key: &ObjectKey, wanted: &Wanted, meta: &Meta) -> bool {
-    let condition = json!({
+/// Who writes Gateway API route status (`status.parents[].controllerName`).
+pub const CONTROLLER_NAME: &str = "ambit.dev/mesh-controller";
+
+/// The status patch for one object. Istio kinds and Gateways carry
+/// `status.conditions`; an HTTPRoute carries one entry per Service parent,
+/// as the Gateway API asks.
+fn status_patch(kind: Kind, wanted: &Wanted, meta: &Meta) -> serde_json::Value {
+    let reason = match (wanted.accepted, kind) {
+        (true, _) => "Accepted",
+        (false, Kind::HttpRoute) => "UnsupportedValue",
+        (false, _) => "Invalid",
+    };
+    let mut condition = json!({
         "type": "Accepted",
         "status": if wanted.accepted { "True" } else { "False" },
-        "reason": if wanted.accepted { "Accepted" } else { "Invalid" },
+        "reason": reason,
         "message": wanted.message,
-        "observedGeneration": wanted.generation,
         "lastTransitionTime": Timestamp::now().to_string(),
     });
-    let patch = Patch::Merge(json!({"status": {"conditions": [condition]}}));
-    let params = PatchParams::default();
+    if let (Some(generation), Some(fields)) = (wanted.generation, condition.as_object_mut()) {
+        fields.insert("observedGeneration".into(), generation.into());
+    }
+    if kind == Kind::HttpRoute {
+        let parents: Vec<_> = meta
+            .route_parents
+            .iter()
+            .map(|parent| json!({"parentRef": parent, "controllerName": CONTROLLER_NAME, "conditions": [condition]}))
+            .collect();
+        return json!({"status": {"parents": parents}});
+    }
+    json!({"status": {"conditions": [condition]}})
+}
+
+async fn patch_status<K>(client: &kube::Client, key: &ObjectKey, patch: &Patch<serde_json::Value>) -> kube::Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + std::fmt::Debug,
+    K: serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api = Api::<K>::namespaced(client.clone(), &key.namespace);
+    api.patch_status(&key.name, &PatchParams::default(), patch).await.map(drop)
+}
+
+async fn write(client: &kube::Client, recorder: &Recorder, key: &ObjectKey, wanted: &Wanted, meta: &Meta) -> bool {
+    use gateway_api::apis::standard::{gateways::Gateway, httproutes::HttpRoute};
+    let patch = Patch::Merge(status_patch(key.kind, wanted, meta));
     let result = match key.kind {
-        Kind::AuthorizationPolicy => Api::<crds::AuthorizationPolicy>::namespaced(client.clone(), &key.namespace)
-            .patch_status(&key.name, &params, &patch)
-            .await
-            .map(drop),
-        Kind::PeerAuthentication => Api::<crds::PeerAuthentication>::namespaced(client.clone(), &key.namespace)
-            .patch_status(&key.name, &params, &patch)
-            .await
-            .map(drop),
-        _ => return true,
+        Kind::AuthorizationPolicy => patch_status::<crds::AuthorizationPolicy>(client, key, &patch).await,
+        Kind::PeerAuthentication => patch_status::<crds::PeerAuthentication>(client, key, &patch).await,
+        Kind::VirtualService => patch_status::<crds::networking::VirtualService>(client, key, &patch).await,
+        Kind::DestinationRule => patch_status::<crds::networking::DestinationRule>(client, key, &patch).await,
+        Kind::HttpRoute => patch_status::<HttpRoute>(client, key, &patch).await,
+        Kind::Gateway => patch_status::<Gateway>(client, key, &patch).await,
+        Kind::Namespace | Kind::Pod | Kind::Service => return true,
     };
     if let Err(error) = result {
         warn!(object = %key, %error, "cannot write status");

@@ -236,6 +236,7 @@ impl Cluster {
             ports: vec![ServicePort { port, target_port: Some(target_port), name: None }],
             selector: Some(selector),
             endpoints: Vec::new(),
+            labels: Labels::new(),
         });
         self.program_kube_proxy()
     }

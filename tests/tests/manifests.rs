@@ -123,3 +123,46 @@ fn rbac_is_least_privilege() {
     let bindings = std::fs::read_to_string(manifests().join("rbac.yaml")).unwrap();
     assert_eq!(bindings.matches("name: ztunnel\n").count(), 1, "ztunnel's account is bound to no role");
 }
+
+#[test]
+fn the_waypoint_template_is_a_waypoint_gateway_with_its_pods() {
+    use gateway_api::apis::standard::gateways::Gateway;
+    use k8s_openapi::api::core::v1::Service;
+    let gateways: Vec<Gateway> = documents("waypoint/waypoint.yaml", "Gateway");
+    let [gateway] = gateways.as_slice() else { panic!("one Gateway expected") };
+    assert_eq!(gateway.spec.gateway_class_name, "istio-waypoint");
+    assert!(gateway.spec.listeners.iter().any(|l| l.protocol == "HBONE" && l.port == 15008));
+    let name = gateway.metadata.name.clone().unwrap();
+    let deployments: Vec<Deployment> = documents("waypoint/waypoint.yaml", "Deployment");
+    let services: Vec<Service> = documents("waypoint/waypoint.yaml", "Service");
+    let (deployment, service) = (&deployments[0], &services[0]);
+    for meta in [&gateway.metadata, &deployment.metadata, &service.metadata] {
+        assert_eq!(meta.namespace, None, "the template is placed with `kubectl apply -n`");
+    }
+    // The controller finds a waypoint's address as the Service named after its Gateway.
+    assert_eq!(service.metadata.name.as_deref(), Some(name.as_str()));
+    let selector = service.spec.as_ref().and_then(|s| s.selector.clone()).unwrap();
+    let template = &deployment.spec.as_ref().unwrap().template;
+    let pod_labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap();
+    assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the Service selects the waypoint's pods");
+    assert_eq!(pod_labels.get("istio.io/dataplane-mode").map(String::as_str), Some("none"), "never captured");
+    let ports = service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap();
+    assert!(ports.iter().any(|p| p.port == 15008), "clients tunnel to 15008");
+    let container = &template.spec.as_ref().unwrap().containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!((security.run_as_non_root, security.allow_privilege_escalation), (Some(true), Some(false)));
+}
+
+#[test]
+fn every_example_and_generated_crd_parses() {
+    for dir in ["examples", "crds", "gateway-api"] {
+        for entry in std::fs::read_dir(manifests().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in yaml_serde::Deserializer::from_str(&text) {
+                let value = yaml_serde::Value::deserialize(document).unwrap();
+                assert!(value.get("kind").is_some(), "{} has a document without a kind", path.display());
+            }
+        }
+    }
+}

@@ -108,7 +108,8 @@ pub fn service(object: &K8sService) -> Translated<Service> {
         ports.push(ServicePort { port: number, target_port, name: port.name });
     }
     let selector = spec.selector.filter(|s| !s.is_empty()).map(|s| s.into_iter().collect());
-    Ok(Some(Service { name, namespace, hostname: None, vips, ports, selector, endpoints: Vec::new() }))
+    let labels = labels_of(&object.metadata);
+    Ok(Some(Service { name, namespace, hostname: None, vips, ports, selector, endpoints: Vec::new(), labels }))
 }
 
 /// Checked by compiling it alone, so a bad policy is pinned on itself.
@@ -127,6 +128,9 @@ pub fn not_routed_reason(object: &Object) -> String {
     match object {
         Object::Pod(_) => "the pod has no IP or node yet, has finished, or uses the host network".into(),
         Object::Service(_) => "headless and ExternalName services have no virtual IP".into(),
+        Object::VirtualService(_) => "it binds only to gateways other than `mesh`".into(),
+        Object::HttpRoute(_) => "it has no Service parentRef (routes on ingress Gateways are not the mesh's)".into(),
+        Object::Gateway(_) => "its class is not istio-waypoint".into(),
         _ => "nothing to route".into(),
     }
 }

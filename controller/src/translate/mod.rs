@@ -8,12 +8,17 @@
 //! stays in force. A new object that is bad from the start contributes
 //! nothing.
 
+mod http_route;
 mod kinds;
+mod routing;
 
 use std::collections::BTreeMap;
 
 use mesh::config::policy::{AuthorizationPolicy, PeerAuthentication};
+use mesh::config::routing::{DestinationPolicy, HttpRoutes, Waypoint};
 use mesh::config::{MeshConfig, Namespace, Service, Workload};
+
+pub use http_route::service_parents;
 
 use crate::resources::{Kind, Object, ObjectKey};
 
@@ -37,6 +42,16 @@ pub struct Translator {
     services: BTreeMap<ObjectKey, Service>,
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
+    /// Routes in force: each route object's last version whose references
+    /// all resolved.
+    http_routes: BTreeMap<ObjectKey, HttpRoutes>,
+    /// Each route object's latest version that is valid on its own; it goes
+    /// into force once its references resolve ([`Self::settle`]).
+    route_candidates: BTreeMap<ObjectKey, HttpRoutes>,
+    destination_policies: BTreeMap<ObjectKey, DestinationPolicy>,
+    waypoints: BTreeMap<ObjectKey, Waypoint>,
+    /// Route objects upserted since the last settle.
+    unsettled: std::collections::BTreeSet<ObjectKey>,
     /// Objects whose latest version was rejected, and why.
     rejected: BTreeMap<ObjectKey, String>,
 }
@@ -59,8 +74,22 @@ impl Translator {
             Object::PeerAuthentication(o) => {
                 store(&mut self.peer_authentications, &key, kinds::peer_authentication(o, &self.root_namespace))
             }
+            Object::VirtualService(o) => store(&mut self.route_candidates, &key, routing::virtual_service(o)),
+            Object::HttpRoute(o) => store(&mut self.route_candidates, &key, http_route::http_route(o)),
+            Object::DestinationRule(o) => store(&mut self.destination_policies, &key, routing::destination_rule(o)),
+            Object::Gateway(o) => store(&mut self.waypoints, &key, routing::gateway(o)),
         };
+        let is_route = matches!(key.kind, Kind::VirtualService | Kind::HttpRoute);
+        if is_route {
+            self.unsettled.insert(key.clone());
+        }
         match translated {
+            // A route only goes into force once `settle` resolves it.
+            Err(reason) if is_route => {
+                self.route_candidates.remove(&key);
+                self.rejected.insert(key, reason.clone());
+                Outcome::Rejected(reason)
+            }
             Ok(true) => {
                 self.rejected.remove(&key);
                 Outcome::Accepted
@@ -85,7 +114,43 @@ impl Translator {
             Kind::Service => drop(self.services.remove(key)),
             Kind::AuthorizationPolicy => drop(self.authorization_policies.remove(key)),
             Kind::PeerAuthentication => drop(self.peer_authentications.remove(key)),
+            Kind::VirtualService | Kind::HttpRoute => {
+                self.route_candidates.remove(key);
+                self.http_routes.remove(key);
+            }
+            Kind::DestinationRule => drop(self.destination_policies.remove(key)),
+            Kind::Gateway => drop(self.waypoints.remove(key)),
         }
+    }
+
+    /// Checks each route's references against the destination policies now
+    /// in force, after a batch of changes (so the order within a batch does
+    /// not matter). A route whose subsets all exist goes into force; one
+    /// naming an unknown subset is rejected and its last good version stays.
+    /// Returns the outcome of every route object.
+    pub fn settle(&mut self) -> Vec<(ObjectKey, Outcome)> {
+        let mut outcomes = Vec::new();
+        let upserted = std::mem::take(&mut self.unsettled);
+        for (key, candidate) in &self.route_candidates {
+            let before = self.rejected.get(key).cloned();
+            let outcome = match unknown_subset(candidate, &self.destination_policies) {
+                None => {
+                    self.http_routes.insert(key.clone(), candidate.clone());
+                    self.rejected.remove(key);
+                    Outcome::Accepted
+                }
+                Some(reason) => {
+                    self.rejected.insert(key.clone(), reason.clone());
+                    Outcome::Rejected(reason)
+                }
+            };
+            // Report what this batch touched or changed, not every route
+            // every time.
+            if upserted.contains(key) || before != self.rejected.get(key).cloned() {
+                outcomes.push((key.clone(), outcome));
+            }
+        }
+        outcomes
     }
 
     /// Objects whose latest version is rejected, with the reasons.
@@ -102,10 +167,26 @@ impl Translator {
             authorization_policies: self.authorization_policies.values().cloned().collect(),
             peer_authentications: self.peer_authentications.values().cloned().collect(),
             root_namespace: Some(self.root_namespace.clone()),
+            http_routes: self.http_routes.values().cloned().collect(),
+            destination_policies: self.destination_policies.values().cloned().collect(),
+            waypoints: self.waypoints.values().cloned().collect(),
         };
         config.canonicalize();
         config
     }
+}
+
+/// The first destination subset no destination policy of its host defines.
+fn unknown_subset(routes: &HttpRoutes, policies: &BTreeMap<ObjectKey, DestinationPolicy>) -> Option<String> {
+    let rules = routes.rules.iter().enumerate();
+    let mut destinations = rules.flat_map(|(i, rule)| rule.destinations.iter().map(move |d| (i, d)));
+    destinations.find_map(|(index, destination)| {
+        let subset = destination.subset.as_deref()?;
+        let defined =
+            policies.values().any(|p| p.host == destination.host && p.subsets.iter().any(|s| s.name == subset));
+        let host = &destination.host;
+        (!defined).then(|| format!("rule {index}: subset {subset:?} of {host} is not defined by any DestinationRule"))
+    })
 }
 
 /// Stores a translation; `Ok(false)` when the object routes nothing.
@@ -117,5 +198,7 @@ fn store<T>(
     Ok(translated?.map(|value| map.insert(key.clone(), value)).is_some())
 }
 
+#[cfg(test)]
+mod routing_tests;
 #[cfg(test)]
 mod tests;

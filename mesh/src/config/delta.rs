@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::policy::Resource;
-use super::{MeshConfig, Namespace, Service, Workload};
+use super::{MeshConfig, Namespace, Service, Workload, routing};
 
 /// An object with a stable key within its kind.
 pub trait Keyed {
@@ -32,6 +32,24 @@ impl Keyed for Workload {
 }
 
 impl Keyed for Service {
+    fn object_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Keyed for routing::HttpRoutes {
+    fn object_key(&self) -> String {
+        self.origin.clone()
+    }
+}
+
+impl Keyed for routing::DestinationPolicy {
+    fn object_key(&self) -> String {
+        self.origin.clone()
+    }
+}
+
+impl Keyed for routing::Waypoint {
     fn object_key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
@@ -102,6 +120,12 @@ pub struct ConfigDelta {
     pub authorization_policies: KindDelta<super::policy::AuthorizationPolicy>,
     #[serde(default)]
     pub peer_authentications: KindDelta<super::policy::PeerAuthentication>,
+    #[serde(default, skip_serializing_if = "KindDelta::is_empty")]
+    pub http_routes: KindDelta<routing::HttpRoutes>,
+    #[serde(default, skip_serializing_if = "KindDelta::is_empty")]
+    pub destination_policies: KindDelta<routing::DestinationPolicy>,
+    #[serde(default, skip_serializing_if = "KindDelta::is_empty")]
+    pub waypoints: KindDelta<routing::Waypoint>,
     /// The new config's root namespace (always sent; it is one string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_namespace: Option<String>,
@@ -116,6 +140,9 @@ impl ConfigDelta {
             services: KindDelta::between(&old.services, &new.services),
             authorization_policies: KindDelta::between(&old.authorization_policies, &new.authorization_policies),
             peer_authentications: KindDelta::between(&old.peer_authentications, &new.peer_authentications),
+            http_routes: KindDelta::between(&old.http_routes, &new.http_routes),
+            destination_policies: KindDelta::between(&old.destination_policies, &new.destination_policies),
+            waypoints: KindDelta::between(&old.waypoints, &new.waypoints),
             root_namespace: new.root_namespace.clone(),
         }
     }
@@ -128,6 +155,9 @@ impl ConfigDelta {
         self.services.apply_to(&mut config.services);
         self.authorization_policies.apply_to(&mut config.authorization_policies);
         self.peer_authentications.apply_to(&mut config.peer_authentications);
+        self.http_routes.apply_to(&mut config.http_routes);
+        self.destination_policies.apply_to(&mut config.destination_policies);
+        self.waypoints.apply_to(&mut config.waypoints);
         config.root_namespace.clone_from(&self.root_namespace);
         config
     }
@@ -142,6 +172,9 @@ impl ConfigDelta {
             + count(&self.services)
             + count(&self.authorization_policies)
             + count(&self.peer_authentications)
+            + count(&self.http_routes)
+            + count(&self.destination_policies)
+            + count(&self.waypoints)
     }
 }
 
@@ -156,6 +189,9 @@ impl MeshConfig {
         sort(&mut self.services);
         sort(&mut self.authorization_policies);
         sort(&mut self.peer_authentications);
+        sort(&mut self.http_routes);
+        sort(&mut self.destination_policies);
+        sort(&mut self.waypoints);
     }
 }
 

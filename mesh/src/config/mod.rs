@@ -9,6 +9,7 @@
 pub mod delta;
 mod enrollment;
 pub mod policy;
+pub mod routing;
 mod snapshot;
 mod validate;
 
@@ -44,6 +45,15 @@ pub struct MeshConfig {
     /// Policies in this namespace apply mesh-wide (Istio's root namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_namespace: Option<String>,
+    /// L7 routes (VirtualService, HTTPRoute), applied by waypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<routing::HttpRoutes>,
+    /// Subsets and traffic policies (DestinationRule), applied by waypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_policies: Vec<routing::DestinationPolicy>,
+    /// Gateways of class `istio-waypoint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waypoints: Vec<routing::Waypoint>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +108,9 @@ pub struct Service {
     /// Endpoints named explicitly by workload UID (a selector-less Service).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// The Service's own labels (`istio.io/use-waypoint` is read from here).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 impl Service {

@@ -19,6 +19,9 @@ pub enum ConfigError {
     InvalidPort { service: String, port: u16 },
     #[error("service {service} names endpoint {uid:?}, but no workload has that uid")]
     UnknownEndpoint { service: String, uid: String },
+    /// An L7 route or destination policy that cannot be applied.
+    #[error("{0}")]
+    Routing(String),
     #[error(transparent)]
     Policy(#[from] crate::authz::PolicyError),
 }
@@ -68,7 +71,7 @@ pub(super) fn validate(config: &MeshConfig) -> Result<(), ConfigError> {
         require("namespace", "name", &ns.name)?;
         namespaces.insert(ns.name.clone(), &format!("namespace {}", ns.name))?;
     }
-    Ok(())
+    super::routing::validate(config).map_err(ConfigError::Routing)
 }
 
 fn require(kind: &'static str, field: &'static str, value: &str) -> Result<(), ConfigError> {

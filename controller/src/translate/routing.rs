@@ -1,0 +1,259 @@
+//! The L7 kinds to their part of the routing model: VirtualService and
+//! HTTPRoute to routes, DestinationRule to destination policies, Gateways
+//! of class `istio-waypoint` to waypoints. Each object is checked alone
+//! here (regexes compile, weights are not all zero, no unsupported field);
+//! references between objects (a route's subset) are checked in
+//! [`super::Translator::settle`].
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use mesh::config::routing::{
+    self, DestinationPolicy, FaultAbort, FaultDelay, FaultInjection, HttpRoutes, PARTS_PER_MILLION, RequestMatch,
+    RetryPolicy, RouteRule, StringMatch, WAYPOINT_GATEWAY_CLASS, Waypoint, WeightedDestination,
+};
+
+use crate::crds::networking as istio;
+
+pub(super) type Translated<T> = Result<Option<T>, String>;
+
+/// The domain short host names are completed with.
+const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+
+pub(super) fn name_of(meta: &ObjectMeta) -> Result<(String, String), String> {
+    let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or("metadata.name is missing")?;
+    Ok((meta.namespace.clone().unwrap_or_default(), name))
+}
+
+/// Istio's host resolution: a name without dots is a service in `namespace`.
+pub(super) fn qualify(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host.contains('*') {
+        host.to_owned()
+    } else {
+        format!("{host}.{namespace}.{CLUSTER_DOMAIN}")
+    }
+}
+
+fn duration(field: &str, text: Option<&String>) -> Result<Option<std::time::Duration>, String> {
+    text.map(|t| routing::parse_duration(t).map_err(|e| format!("{field}: {e}"))).transpose()
+}
+
+fn refuse_unsupported(at: &str, fields: &[&str]) -> Result<(), String> {
+    match fields {
+        [] => Ok(()),
+        _ => Err(format!("{at}: {} not supported by ambit", fields.join(", "))),
+    }
+}
+
+pub fn virtual_service(object: &istio::VirtualService) -> Translated<HttpRoutes> {
+    let (namespace, name) = name_of(&object.metadata)?;
+    let spec = &object.spec;
+    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+        return Ok(None);
+    }
+    let top_level = istio::set_fields(&[("tcp", &spec.tcp), ("tls", &spec.tls)]);
+    refuse_unsupported("spec", &top_level)?;
+    if spec.hosts.is_empty() {
+        return Err("spec.hosts is empty".into());
+    }
+    let rules = spec
+        .http
+        .iter()
+        .enumerate()
+        .map(|(index, route)| istio_rule(route, &namespace).map_err(|e| format!("http[{index}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    let hosts = spec.hosts.iter().map(|h| qualify(h, &namespace)).collect();
+    Ok(Some(HttpRoutes { origin: format!("VirtualService {namespace}/{name}"), hosts, rules }))
+}
+
+fn istio_rule(route: &istio::HttpRoute, namespace: &str) -> Result<RouteRule, String> {
+    refuse_unsupported("field", &route.unsupported.set())?;
+    let matches = route.matches.iter().map(istio_match).collect::<Result<_, _>>()?;
+    let lone = route.route.len() == 1;
+    let mut destinations = Vec::new();
+    for (index, d) in route.route.iter().enumerate() {
+        refuse_unsupported(&format!("route[{index}]"), &istio::set_fields(&[("headers", &d.headers)]))?;
+        let weight = match d.weight {
+            None if lone => 100,
+            None => 0,
+            Some(w) => u32::try_from(w).map_err(|_| format!("route[{index}]: weight {w} is negative"))?,
+        };
+        let port = d.destination.port.as_ref().map(|p| port_number(p.number)).transpose()?;
+        let host = qualify(&d.destination.host, namespace);
+        destinations.push(WeightedDestination { host, subset: d.destination.subset.clone(), port, weight });
+    }
+    if !destinations.is_empty() && destinations.iter().all(|d| d.weight == 0) {
+        return Err("the route weights sum to 0".into());
+    }
+    let retries = route.retries.as_ref().map(istio_retries).transpose()?;
+    let fault = route.fault.as_ref().map(istio_fault).transpose()?;
+    let timeout = duration("timeout", route.timeout.as_ref())?;
+    Ok(RouteRule { name: route.name.clone(), matches, destinations, timeout, retries, fault })
+}
+
+fn port_number(number: u32) -> Result<u16, String> {
+    u16::try_from(number).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {number} is out of range"))
+}
+
+fn istio_match(m: &istio::HttpMatchRequest) -> Result<RequestMatch, String> {
+    refuse_unsupported("match", &m.unsupported())?;
+    let convert = |map: &std::collections::BTreeMap<String, istio::StringMatch>, lower: bool| {
+        map.iter()
+            .map(|(k, v)| Ok((if lower { k.to_ascii_lowercase() } else { k.clone() }, istio_string(v)?)))
+            .collect::<Result<_, String>>()
+    };
+    Ok(RequestMatch {
+        path: m.uri.as_ref().map(istio_string).transpose()?,
+        method: m.method.as_ref().map(istio_string).transpose()?,
+        headers: convert(&m.headers, true)?,
+        query_params: convert(&m.query_params, false)?,
+        port: m.port.map(port_number).transpose()?,
+    })
+}
+
+fn istio_string(m: &istio::StringMatch) -> Result<StringMatch, String> {
+    let converted = match (&m.exact, &m.prefix, &m.regex) {
+        (Some(v), None, None) => StringMatch::Exact(v.clone()),
+        (None, Some(v), None) => StringMatch::Prefix(v.clone()),
+        (None, None, Some(v)) => StringMatch::Regex(v.clone()),
+        _ => return Err("a string match needs exactly one of exact, prefix and regex".into()),
+    };
+    converted.check()?;
+    Ok(converted)
+}
+
+fn istio_retries(r: &istio::HttpRetry) -> Result<RetryPolicy, String> {
+    let attempts = u32::try_from(r.attempts).map_err(|_| format!("retries.attempts {} is negative", r.attempts))?;
+    let retry_on = r.retry_on.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    Ok(RetryPolicy {
+        attempts,
+        per_try_timeout: duration("retries.perTryTimeout", r.per_try_timeout.as_ref())?,
+        retry_on: retry_on.collect(),
+    })
+}
+
+/// Istio's percentage is a double in 0..=100; absent means every request.
+fn ppm(percent: Option<&istio::Percent>) -> Result<u32, String> {
+    let value = percent.map_or(100.0, |p| p.value);
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("percentage {value} is not between 0 and 100"));
+    }
+    // In range, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok((value * f64::from(PARTS_PER_MILLION) / 100.0).round() as u32)
+}
+
+fn istio_fault(f: &istio::HttpFaultInjection) -> Result<FaultInjection, String> {
+    let delay = f
+        .delay
+        .as_ref()
+        .map(|d| {
+            let delay = routing::parse_duration(&d.fixed_delay).map_err(|e| format!("fault.delay.fixedDelay: {e}"))?;
+            Ok::<_, String>(FaultDelay { delay, ppm: ppm(d.percentage.as_ref())? })
+        })
+        .transpose()?;
+    let abort = f
+        .abort
+        .as_ref()
+        .map(|a| {
+            let http_status = u16::try_from(a.http_status)
+                .ok()
+                .filter(|s| (200..600).contains(s))
+                .ok_or_else(|| format!("fault.abort.httpStatus {} is not an HTTP status", a.http_status))?;
+            Ok::<_, String>(FaultAbort { http_status, ppm: ppm(a.percentage.as_ref())? })
+        })
+        .transpose()?;
+    Ok(FaultInjection { delay, abort })
+}
+
+pub fn destination_rule(object: &istio::DestinationRule) -> Translated<DestinationPolicy> {
+    let (namespace, name) = name_of(&object.metadata)?;
+    let spec = &object.spec;
+    refuse_unsupported("spec", &istio::set_fields(&[("workloadSelector", &spec.workload_selector)]))?;
+    if spec.host.is_empty() {
+        return Err("spec.host is empty".into());
+    }
+    let mut subsets = Vec::new();
+    for subset in &spec.subsets {
+        if subset.name.is_empty() || subsets.iter().any(|s: &routing::Subset| s.name == subset.name) {
+            return Err(format!("subset name {:?} is empty or repeated", subset.name));
+        }
+        let traffic_policy = traffic_policy(subset.traffic_policy.as_ref())
+            .map_err(|e| format!("subset {}: trafficPolicy.{e}", subset.name))?;
+        subsets.push(routing::Subset { name: subset.name.clone(), labels: subset.labels.clone(), traffic_policy });
+    }
+    let traffic_policy = traffic_policy(spec.traffic_policy.as_ref()).map_err(|e| format!("trafficPolicy.{e}"))?;
+    Ok(Some(DestinationPolicy {
+        origin: format!("DestinationRule {namespace}/{name}"),
+        host: qualify(&spec.host, &namespace),
+        subsets,
+        traffic_policy,
+    }))
+}
+
+fn traffic_policy(policy: Option<&istio::TrafficPolicy>) -> Result<routing::TrafficPolicy, String> {
+    let Some(policy) = policy else { return Ok(routing::TrafficPolicy::default()) };
+    let unsupported = istio::set_fields(&[
+        ("tls", &policy.tls),
+        ("loadBalancer", &policy.load_balancer),
+        ("portLevelSettings", &policy.port_level_settings),
+    ]);
+    if let Some(field) = unsupported.first() {
+        return Err(format!("{field} is not supported by ambit"));
+    }
+    let count = |field: &str, value: Option<i32>| {
+        value.map(|v| u32::try_from(v).map_err(|_| format!("{field} {v} is negative"))).transpose()
+    };
+    let connection_pool = policy
+        .connection_pool
+        .as_ref()
+        .map(|pool| {
+            let (tcp, http) = (pool.tcp.clone().unwrap_or_default(), pool.http.clone().unwrap_or_default());
+            Ok::<_, String>(routing::ConnectionPool {
+                max_connections: count("connectionPool.tcp.maxConnections", tcp.max_connections)?,
+                connect_timeout: duration("connectionPool.tcp.connectTimeout", tcp.connect_timeout.as_ref())?,
+                http1_max_pending_requests: count("http1MaxPendingRequests", http.http1_max_pending_requests)?,
+                http2_max_requests: count("http2MaxRequests", http.http2_max_requests)?,
+                max_requests_per_connection: count("maxRequestsPerConnection", http.max_requests_per_connection)?,
+                max_retries: count("maxRetries", http.max_retries)?,
+                idle_timeout: duration("connectionPool.http.idleTimeout", http.idle_timeout.as_ref())?,
+            })
+        })
+        .transpose()?;
+    let outlier_detection = policy.outlier_detection.as_ref().map(outlier_detection).transpose()?;
+    Ok(routing::TrafficPolicy { connection_pool, outlier_detection })
+}
+
+fn outlier_detection(o: &istio::OutlierDetection) -> Result<routing::OutlierDetection, String> {
+    let max_ejection_percent = o
+        .max_ejection_percent
+        .map(|p| u32::try_from(p).ok().filter(|p| *p <= 100).ok_or(format!("maxEjectionPercent {p} is not 0..100")))
+        .transpose()?;
+    Ok(routing::OutlierDetection {
+        consecutive_5xx_errors: o.consecutive_5xx_errors,
+        consecutive_gateway_errors: o.consecutive_gateway_errors,
+        interval: duration("outlierDetection.interval", o.interval.as_ref())?,
+        base_ejection_time: duration("outlierDetection.baseEjectionTime", o.base_ejection_time.as_ref())?,
+        max_ejection_percent,
+    })
+}
+
+/// The label that says what traffic a waypoint takes.
+const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+
+/// A Gateway of class `istio-waypoint` with an HBONE listener on 15008;
+/// Gateways of other classes are not the mesh's.
+pub fn gateway(object: &gateway_api::apis::standard::gateways::Gateway) -> Translated<Waypoint> {
+    let (namespace, name) = name_of(&object.metadata)?;
+    if object.spec.gateway_class_name != WAYPOINT_GATEWAY_CLASS {
+        return Ok(None);
+    }
+    if !object.spec.listeners.iter().any(|l| l.protocol == "HBONE" && l.port == 15008) {
+        return Err("a waypoint Gateway needs a listener with protocol HBONE on port 15008".into());
+    }
+    let labels = object.metadata.labels.clone().unwrap_or_default();
+    let traffic_type = labels.get(WAYPOINT_FOR_LABEL).cloned().unwrap_or_else(|| "service".into());
+    if !["service", "workload", "all", "none"].contains(&traffic_type.as_str()) {
+        return Err(format!("label {WAYPOINT_FOR_LABEL}={traffic_type:?} is not service, workload, all or none"));
+    }
+    let hostname = qualify(&name, &namespace);
+    Ok(Some(Waypoint { name, namespace, hostname, traffic_type }))
+}

@@ -1,0 +1,355 @@
+//! L7 routing, the part of the config waypoints apply: HTTP routes for
+//! services (from Istio VirtualService and Gateway API HTTPRoute),
+//! destination policies (from DestinationRule), and the waypoints themselves
+//! (Gateways of class `istio-waypoint`).
+//!
+//! This is the compiled form: hosts are fully qualified, defaults are filled
+//! in and every pattern is known to compile. The controller produces it; an
+//! agent checks it again ([`validate`]) before it takes a config in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Labels, MeshConfig, Service};
+
+/// The namespace or service label that sends a service's traffic through a
+/// waypoint: its value names the waypoint (a Gateway); `none` opts out.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// Names the waypoint's namespace when it is not the service's own.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// The Gateway class that makes a Gateway a waypoint.
+pub const WAYPOINT_GATEWAY_CLASS: &str = "istio-waypoint";
+/// Weights are parts of this whole when a fraction is a percentage.
+pub const PARTS_PER_MILLION: u32 = 1_000_000;
+
+/// The HTTP routes of one object, for the services named in `hosts`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoutes {
+    /// Where the routes came from, e.g. `VirtualService shop/reviews`.
+    pub origin: String,
+    /// Fully qualified service hostnames whose requests these rules route.
+    pub hosts: Vec<String>,
+    /// Evaluated in order; the first rule with a matching match wins.
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any one matching selects the rule; none at all matches every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RequestMatch>,
+    /// Weighted; no destinations means the request fails with 500, as the
+    /// Gateway API asks.
+    #[serde(default)]
+    pub destinations: Vec<WeightedDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultInjection>,
+}
+
+/// Every present condition must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// Header names are lower case.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_params: BTreeMap<String, StringMatch>,
+    /// The service port the request arrived for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// A regex must match the whole value (RE2 syntax, as Istio and Envoy use).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// The Gateway API's PathPrefix: whole path segments, so `/api` matches
+    /// `/api` and `/api/users` but not `/apis`.
+    PathPrefix(String),
+    Regex(String),
+}
+
+impl StringMatch {
+    /// Checks that a regex compiles; the message says what is wrong with it.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Regex(pattern) => full_match_regex(pattern).map(drop),
+            Self::Exact(_) | Self::Prefix(_) | Self::PathPrefix(_) => Ok(()),
+        }
+    }
+}
+
+/// Compiles `pattern` so that it must match a whole value.
+pub fn full_match_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("regex {pattern:?} does not compile: {e}"))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedDestination {
+    /// A service hostname.
+    pub host: String,
+    /// A DestinationRule subset of that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// The service port; defaults to the port the request arrived for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Relative to the rule's other destinations.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub per_try_timeout: Option<Duration>,
+    /// Envoy's retry conditions (`5xx`, `connect-failure`, `retriable-status-codes`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Of requests, in parts per million.
+    pub ppm: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    pub http_status: u16,
+    /// Of requests, in parts per million.
+    pub ppm: u32,
+}
+
+/// What a DestinationRule says about one host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationPolicy {
+    pub origin: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
+    pub traffic_policy: TrafficPolicy,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    pub name: String,
+    /// Endpoints whose labels include all of these.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Overrides the host's policy, field by field.
+    #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
+    pub traffic_policy: TrafficPolicy,
+}
+
+/// Istio's connectionPool and outlierDetection, with Istio's defaults
+/// applied by the waypoint where a field is absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+impl TrafficPolicy {
+    pub fn is_empty(&self) -> bool {
+        self.connection_pool.is_none() && self.outlier_detection.is_none()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// A Gateway of class `istio-waypoint`: an L7 proxy in its namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waypoint {
+    pub name: String,
+    pub namespace: String,
+    /// The Service that fronts the waypoint's pods (`<name>.<namespace>.svc…`).
+    pub hostname: String,
+    /// What traffic it takes (`istio.io/waypoint-for`): service, workload,
+    /// all or none; Istio's default is service.
+    pub traffic_type: String,
+}
+
+/// The waypoint a service's traffic goes through: the service's own
+/// `istio.io/use-waypoint` label first, else its namespace's; `none` opts
+/// out. A label naming no known waypoint sends traffic nowhere special.
+pub fn waypoint_of<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a Waypoint> {
+    let namespace_labels = config.namespaces.iter().find(|n| n.name == service.namespace).map(|n| &n.labels);
+    let labels =
+        [Some(&service.labels), namespace_labels].into_iter().flatten().find(|l| l.contains_key(USE_WAYPOINT_LABEL))?;
+    let name = labels.get(USE_WAYPOINT_LABEL)?;
+    let namespace = labels.get(USE_WAYPOINT_NAMESPACE_LABEL).unwrap_or(&service.namespace);
+    config.waypoints.iter().find(|w| &w.name == name && &w.namespace == namespace)
+}
+
+/// Checks what the types alone cannot: patterns compile, weights are not
+/// all zero, fractions are fractions.
+pub(super) fn validate(config: &MeshConfig) -> Result<(), String> {
+    for routes in &config.http_routes {
+        for (index, rule) in routes.rules.iter().enumerate() {
+            check_rule(rule).map_err(|e| format!("{} rule {index}: {e}", routes.origin))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_rule(rule: &RouteRule) -> Result<(), String> {
+    for m in &rule.matches {
+        let patterns = m.path.iter().chain(&m.method).chain(m.headers.values()).chain(m.query_params.values());
+        for pattern in patterns {
+            pattern.check()?;
+        }
+    }
+    if !rule.destinations.is_empty() && rule.destinations.iter().all(|d| d.weight == 0) {
+        return Err("the destination weights sum to 0".into());
+    }
+    let fault = rule.fault.as_ref();
+    let ppms = fault
+        .and_then(|f| f.delay.as_ref())
+        .map(|d| d.ppm)
+        .into_iter()
+        .chain(fault.and_then(|f| f.abort.as_ref()).map(|a| a.ppm));
+    for ppm in ppms {
+        if ppm > PARTS_PER_MILLION {
+            return Err(format!("fault percentage {ppm} ppm is over 100%"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a duration as Istio and the Gateway API write them: Go's form
+/// (`1h30m`, `500ms`, `1.5s`, units h, m, s, ms, us, ns).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (like 1.5s, 500ms or 1h30m)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let seconds_per_unit = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        total += Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| bad())?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_go_form() {
+        let ok = [("10s", 10_000), ("500ms", 500), ("1.5s", 1500), ("1h30m", 5_400_000), ("2m0.25s", 120_250)];
+        for (text, millis) in ok {
+            assert_eq!(parse_duration(text).map(|d| d.as_millis()), Ok(millis), "{text}");
+        }
+        for bad in ["", "10", "s", "10x", "1..5s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn regexes_match_whole_values() {
+        let re = full_match_regex("/api/v[0-9]+").unwrap_or_else(|e| panic!("{e}"));
+        assert!(re.is_match("/api/v2"));
+        assert!(!re.is_match("/api/v2/users"), "a regex must match all of the value");
+        let error = StringMatch::Regex("/api/(".into()).check().err().unwrap_or_default();
+        assert!(error.contains("does not compile"), "{error}");
+    }
+
+    #[test]
+    fn all_zero_weights_are_refused() {
+        let destination = |weight| WeightedDestination { host: "a".into(), weight, ..Default::default() };
+        let rule = RouteRule { destinations: vec![destination(0), destination(0)], ..Default::default() };
+        assert!(check_rule(&rule).is_err());
+        let rule = RouteRule { destinations: vec![destination(0), destination(1)], ..Default::default() };
+        assert!(check_rule(&rule).is_ok());
+        assert!(check_rule(&RouteRule::default()).is_ok(), "no destinations at all is a 500 route, not an error");
+    }
+}
