@@ -44,7 +44,12 @@ pub struct Meta {
 }
 
 fn meta_of<K: kube::Resource<DynamicType = ()>>(object: &K) -> Meta {
-    Meta { generation: object.meta().generation, reference: object.object_ref(&()), route_parents: Vec::new() }
+    // Events are aggregated per (reason, regarding); naming the version
+    // makes each rejected version its own Event, so the latest problem is
+    // the one users see rather than a count on the first.
+    let reference =
+        ObjectReference { resource_version: object.meta().resource_version.clone(), ..object.object_ref(&()) };
+    Meta { generation: object.meta().generation, reference, route_parents: Vec::new() }
 }
 
 /// A 404 from a list means the kind is not served; a watcher keeps

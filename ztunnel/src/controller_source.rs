@@ -66,10 +66,12 @@ impl ControllerSource {
             };
             match next {
                 Ok(Some(snapshot)) => {
-                    let workloads = snapshot.config().workloads.len();
+                    let config = snapshot.config();
+                    let (workloads, routes, waypoints) =
+                        (config.workloads.len(), config.http_routes.len(), config.waypoints.len());
                     let version = state.apply(snapshot);
                     metrics::counter!(CONFIG_UPDATES, "result" => "applied").increment(1);
-                    info!(version, workloads, "config applied");
+                    info!(version, workloads, routes, waypoints, "config applied");
                 }
                 Ok(None) => {}
                 Err(error) => {

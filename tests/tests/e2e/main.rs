@@ -13,6 +13,7 @@ mod fail_closed;
 mod hbone;
 mod hostile;
 mod kubernetes;
+mod routing;
 mod scale;
 mod services;
 mod support;
