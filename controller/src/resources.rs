@@ -201,10 +201,15 @@ mod tests {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh}\n---\n\
                     apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n\
                     apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\n\
-                    spec: {action: DENY}\n---\n";
+                    spec: {action: DENY}\n---\n\
+                    apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\nspec: {hosts: [a]}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: x}\nspec: {}\n";
         let parsed = parse_documents(text).unwrap_or_default();
         let keys: Vec<String> = parsed.objects.iter().map(|o| o.key().to_string()).collect();
-        assert_eq!(keys, ["Namespace mesh", "AuthorizationPolicy default/deny"]);
+        assert_eq!(
+            keys,
+            ["Namespace mesh", "AuthorizationPolicy default/deny", "VirtualService default/vs", "HttpRoute x/r"]
+        );
         assert_eq!(parsed.skipped, ["v1 ConfigMap"]);
     }
 

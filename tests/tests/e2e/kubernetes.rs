@@ -39,10 +39,21 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
     ] {
         assert!(applied.contains(created), "{created} not created:\n{applied}");
     }
+    // The HTTPRoute example needs the Gateway API CRDs.
+    let gateway_api = format!("{}/gateway-api", manifests());
+    let applied = api.kubectl(&netns, &["apply", "-k", &gateway_api]).await.unwrap();
+    assert!(applied.contains("httproutes.gateway.networking.k8s.io created"), "{applied}");
     let examples = format!("{}/examples", manifests());
     let applied = api.kubectl(&netns, &["apply", "-f", &examples]).await.unwrap();
-    assert!(applied.contains("authorizationpolicy.security.istio.io/payments-from-shop created"), "{applied}");
-    assert!(applied.contains("peerauthentication.security.istio.io/strict created"), "{applied}");
+    for created in [
+        "authorizationpolicy.security.istio.io/payments-from-shop created",
+        "peerauthentication.security.istio.io/strict created",
+        "destinationrule.networking.istio.io/reviews created",
+        "virtualservice.networking.istio.io/reviews created",
+        "httproute.gateway.networking.k8s.io/ratings created",
+    ] {
+        assert!(applied.contains(created), "{created}:\n{applied}");
+    }
 
     let bad_action = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\n\
                       spec: {action: MAYBE}\n";
@@ -52,6 +63,10 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
                      spec: {rules: [{from: [{source: {namespaces: default}}]}]}\n";
     let refused = api.apply(&netns, bad_rules).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("namespaces"), "{refused}");
+    let bad_route = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bad, namespace: shop}\n\
+                     spec: {hosts: [a], http: [{route: [{destination: {port: {number: 80}}}]}]}\n";
+    let refused = api.apply(&netns, bad_route).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("host"), "a destination without a host: {refused}");
 }
 
 /// Waits until node `node`'s agent runs a config newer than `after` with
