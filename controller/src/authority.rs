@@ -14,6 +14,8 @@ use mesh::tls::{self, TrustBundle, WorkloadCertificate};
 use rustls::ServerConfig;
 use tracing::info;
 
+use crate::node_auth::{Caller, GATEWAY_NAME_LABEL};
+
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
 /// The controller's own certificate lives this long and is renewed at half.
@@ -74,12 +76,42 @@ pub fn may_issue(config: &MeshConfig, node: &str, identity: &Identity) -> Result
     if on_node { Ok(()) } else { Err(NotOnNode { node: node.to_owned(), identity: identity.to_string() }) }
 }
 
+/// Whether `caller` may have `identity`: a node, its pods' identities (and
+/// the agent's own); a waypoint's pod, its own account's identity, while
+/// its Gateway is a waypoint the mesh knows.
+pub fn may_issue_to(config: &MeshConfig, caller: &Caller, identity: &Identity) -> Result<(), NotOnNode> {
+    match caller {
+        Caller::Node(node) => may_issue(config, node, identity),
+        Caller::Waypoint { node, namespace, service_account, gateway } => {
+            let own = identity.namespace == *namespace && identity.service_account == *service_account;
+            let known = config.waypoints.iter().any(|w| w.namespace == *namespace && w.name == *gateway);
+            if own && known {
+                return Ok(());
+            }
+            Err(NotOnNode { node: node.clone(), identity: identity.to_string() })
+        }
+    }
+}
+
+/// Whether `identity` is the account of pods of a waypoint the mesh knows
+/// (such a peer may follow the config stream).
+pub fn is_waypoint_identity(config: &MeshConfig, identity: &Identity) -> bool {
+    config.workloads.iter().any(|w| {
+        w.namespace == identity.namespace
+            && w.service_account == identity.service_account
+            && w.labels.get(GATEWAY_NAME_LABEL).is_some_and(|gateway| {
+                config.waypoints.iter().any(|wp| wp.namespace == w.namespace && wp.name == *gateway)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use mesh::config::routing::Waypoint;
     use mesh::config::{MeshConfig, Workload};
     use mesh::identity::Identity;
 
-    use super::may_issue;
+    use super::{Caller, is_waypoint_identity, may_issue, may_issue_to};
 
     #[test]
     fn only_identities_of_the_nodes_own_pods() {
@@ -100,5 +132,34 @@ mod tests {
         assert_eq!(refused.as_deref(), Some("node node2 runs no pod as spiffe://cluster.local/ns/shop/sa/web"));
         assert!(may_issue(&config, "node1", &Identity::new("cluster.local", "shop", "admin")).is_err());
         assert!(may_issue(&config, "node2", &Identity::new("cluster.local", "ambit-system", "ztunnel")).is_ok());
+    }
+
+    #[test]
+    fn a_waypoint_pod_gets_its_own_identity_only() {
+        let waypoint_pod = Workload {
+            uid: "w".into(),
+            name: "waypoint-1".into(),
+            namespace: "shop".into(),
+            service_account: "waypoint".into(),
+            node: "node1".into(),
+            labels: [(super::GATEWAY_NAME_LABEL.to_owned(), "waypoint".to_owned())].into(),
+            ..Default::default()
+        };
+        let gateway = Waypoint { name: "waypoint".into(), namespace: "shop".into(), ..Default::default() };
+        let config = MeshConfig { workloads: vec![waypoint_pod], waypoints: vec![gateway], ..Default::default() };
+        let caller = Caller::Waypoint {
+            node: "node1".into(),
+            namespace: "shop".into(),
+            service_account: "waypoint".into(),
+            gateway: "waypoint".into(),
+        };
+        let own = Identity::new("cluster.local", "shop", "waypoint");
+        assert!(may_issue_to(&config, &caller, &own).is_ok());
+        assert!(may_issue_to(&config, &caller, &Identity::new("cluster.local", "shop", "web")).is_err());
+        assert!(is_waypoint_identity(&config, &own));
+        assert!(!is_waypoint_identity(&config, &Identity::new("cluster.local", "shop", "web")));
+        let gone = MeshConfig { waypoints: Vec::new(), ..config };
+        assert!(may_issue_to(&gone, &caller, &own).is_err(), "only while its Gateway is a waypoint");
+        assert!(!is_waypoint_identity(&gone, &own));
     }
 }

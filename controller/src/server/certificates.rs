@@ -1,5 +1,6 @@
-//! `POST /v1/certificates`: signs a CSR if the asking node may have the
-//! identity (its own pods' and its agent's, nothing else).
+//! `POST /v1/certificates`: signs a CSR if the caller may have the
+//! identity: a node, its own pods' and its agent's; a waypoint's pod, its
+//! own; nothing else.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -11,15 +12,16 @@ use mesh::identity::Identity;
 use tracing::{info, warn};
 
 use super::{MAX_CERT_TTL, Response, Shared, json, text};
-use crate::authority::may_issue;
+use crate::authority::may_issue_to;
 use crate::metrics::CERTIFICATES;
+use crate::node_auth::Caller;
 
 /// CSRs are about 500 bytes; anything much bigger is not one.
 const MAX_BODY: usize = 64 * 1024;
 
-pub async fn sign(request: hyper::Request<Incoming>, shared: &Shared, node: &str) -> Response {
+pub async fn sign(request: hyper::Request<Incoming>, shared: &Shared, caller: &Caller) -> Response {
     let response = match read_request(request).await {
-        Ok((sign, identity)) => issue(shared, node, &sign, &identity),
+        Ok((sign, identity)) => issue(shared, caller, &sign, &identity),
         Err(response) => response,
     };
     let result = if response.status() == StatusCode::OK { "issued" } else { "refused" };
@@ -40,8 +42,9 @@ async fn read_request(request: hyper::Request<Incoming>) -> Result<(SignRequest,
     Ok((sign, identity))
 }
 
-fn issue(shared: &Shared, node: &str, sign: &SignRequest, identity: &Identity) -> Response {
-    if let Err(refusal) = may_issue(&shared.store.current().config, node, identity) {
+fn issue(shared: &Shared, caller: &Caller, sign: &SignRequest, identity: &Identity) -> Response {
+    let node = caller.node();
+    if let Err(refusal) = may_issue_to(&shared.store.current().config, caller, identity) {
         warn!(%node, %identity, "refused a certificate: {refusal}");
         return text(StatusCode::FORBIDDEN, refusal.to_string());
     }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument as _, debug, info, info_span};
 
 use super::{Response, Shared, text};
+use crate::authority::is_waypoint_identity;
 use crate::metrics::{CONNECTED_AGENTS, PUSH_SECONDS};
 use crate::store::Published;
 
@@ -27,8 +28,10 @@ pub async fn open(
     drain: &Drain,
 ) -> Response {
     let agent = ztunnel_identity(shared.ca.trust_domain());
-    if peer != Some(&agent) {
-        return text(StatusCode::FORBIDDEN, format!("the config stream needs mutual TLS as {agent}"));
+    let waypoint = peer.is_some_and(|p| is_waypoint_identity(&shared.store.current().config, p));
+    if peer != Some(&agent) && !waypoint {
+        let message = format!("the config stream needs mutual TLS as {agent}, or as a waypoint's account");
+        return text(StatusCode::FORBIDDEN, message);
     }
     let since = request
         .uri()

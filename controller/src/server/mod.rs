@@ -117,12 +117,12 @@ where
 
 async fn route(request: hyper::Request<Incoming>, shared: &Shared, peer: Option<&Identity>, drain: &Drain) -> Response {
     let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(node) = shared.auth.node_for(authorization).await else {
-        return text(StatusCode::UNAUTHORIZED, "a valid node credential is required");
+    let Some(caller) = shared.auth.caller_for(authorization).await else {
+        return text(StatusCode::UNAUTHORIZED, "a valid node or waypoint credential is required");
     };
     match (request.method(), request.uri().path()) {
-        (&Method::POST, CERTIFICATES_PATH) => certificates::sign(request, shared, &node).await,
-        (&Method::GET, CONFIG_PATH) => config_stream::open(&request, shared, &node, peer, drain).await,
+        (&Method::POST, CERTIFICATES_PATH) => certificates::sign(request, shared, &caller).await,
+        (&Method::GET, CONFIG_PATH) => config_stream::open(&request, shared, caller.node(), peer, drain).await,
         _ => text(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }

@@ -6,8 +6,15 @@
 use std::path::Path;
 use std::time::Instant;
 
+use std::time::Duration;
+
+use ambit_tests::control_plane::CONTROL_ADDR;
 use ambit_tests::require_root;
 use ambit_tests::topology::{MESH_NAMESPACE, Standard};
+use anyhow::Context as _;
+use mesh::control::{ControlClient, UpdateBody};
+use mesh::identity::Identity;
+use mesh::tls::TrustBundle;
 use serde_json::Value;
 
 use crate::support::{WAIT, config_dump};
@@ -64,6 +71,62 @@ async fn wait_event(bed: &mut Standard, text: &str) {
         }
         assert!(Instant::now() < deadline, "no Warning Event names {text:?} within {WAIT:?}: {events}");
     }
+}
+
+const WAYPOINT_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: waypoint-7f9c\n  namespace: mesh\n  \
+    labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}\nspec:\n  \
+    nodeName: node1\n  serviceAccountName: waypoint\n  automountServiceAccountToken: false\n  \
+    containers: [{name: waypoint, image: ghcr.io/ambit-mesh/waypoint:0.1.0}]\n";
+
+/// A waypoint's pod authenticates with its own account's token: it gets its
+/// own identity (and no other), and follows the config stream as it.
+async fn waypoint_connects_as_itself(bed: &mut Standard) {
+    let control = bed.cluster.control();
+    control.kube_apply(WAYPOINT_POD).await.unwrap();
+    let status = r#"{"status":{"phase":"Running","podIP":"10.250.0.9","podIPs":[{"ip":"10.250.0.9"}]}}"#;
+    let patch =
+        ["patch", "pod", "waypoint-7f9c", "-n", MESH_NAMESPACE, "--subresource=status", "--type=merge", "-p", status];
+    control.kubectl(&patch).await.unwrap();
+    let token = control
+        .kubectl(&[
+            "create",
+            "token",
+            "waypoint",
+            "-n",
+            MESH_NAMESPACE,
+            "--audience",
+            "ambit",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "waypoint-7f9c",
+        ])
+        .await
+        .unwrap();
+    // The agents hold the waypoint's pod: the controller knows it too.
+    crate::support::wait_all_agents_hold(&bed.cluster, bed.cluster.config().workloads.len() + 1).await;
+    let trust = TrustBundle::from_pem("cluster.local", bed.cluster.ca().root_pem()).unwrap();
+    let client = ControlClient::new(CONTROL_ADDR.to_string(), trust, token.trim().to_owned(), "node1".into());
+    let (foreign, first) = bed.cluster.nodes[0]
+        .netns
+        .enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(runtime.block_on(async {
+                let ttl = Duration::from_secs(60);
+                let foreign = client.certificate(&Identity::new("cluster.local", MESH_NAMESPACE, "sa-n1-a"), ttl).await;
+                let own = client.certificate(&Identity::new("cluster.local", MESH_NAMESPACE, "waypoint"), ttl).await?;
+                let mut stream = client.config_stream(&own, None).await?;
+                let first = stream.next().await.context("the stream ended at once")??;
+                anyhow::Ok((foreign.err().map(|e| e.to_string()), first))
+            }))
+        })
+        .unwrap()
+        .unwrap();
+    assert!(foreign.is_some_and(|e| e.contains("sa-n1-a")), "a waypoint gets no one else's identity");
+    assert!(
+        matches!(&first.body, UpdateBody::Full(config) if config.waypoints.len() == 1),
+        "a fresh stream starts with the full config, routing included: {first:?}"
+    );
 }
 
 const DESTINATION_RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
@@ -133,6 +196,8 @@ async fn l7_kinds_are_validated_streamed_and_reported() {
     assert_eq!(condition["status"], "True", "{condition}");
     let dump = wait_agent_routes(&bed, 1, 1).await;
     assert_eq!(dump["config"]["waypoints"][0]["hostname"], "waypoint.mesh.svc.cluster.local");
+
+    waypoint_connects_as_itself(&mut bed).await;
 
     // An HTTPRoute on a Service parent: status per parent, as GAMMA asks.
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: mesh}\n\
