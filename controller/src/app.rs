@@ -36,7 +36,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(&settings.root_namespace, store.clone());
     let rejections = reconciler.rejections();
     let (ca, auth) = if settings.kubernetes {
-        start_kubernetes(&settings, reconciler, &drain).await?
+        start_kubernetes(&settings, reconciler, store.clone(), &drain).await?
     } else {
         start_local(&settings, reconciler, &store, &drain)?
     };
@@ -100,6 +100,7 @@ fn start_local(
 async fn start_kubernetes(
     settings: &Settings,
     reconciler: Reconciler,
+    store: Store,
     drain: &Drain,
 ) -> anyhow::Result<(CertificateAuthority, NodeAuth)> {
     let client = kube::Client::try_default().await.context("connect to the Kubernetes API")?;
@@ -116,6 +117,8 @@ async fn start_kubernetes(
         controller: "ambit-controller".into(),
         instance: Some(settings.pod_name.clone()),
     };
+    let root = ca.root_pem().to_owned();
+    drain.spawn(crate::root_publisher::run(client.clone(), root, store, leader_rx.clone(), drain.clone()));
     let status = crate::status::StatusWriter::start(client.clone(), reporter, leader_rx, drain);
     drain.spawn(crate::kube_source::follow(client.clone(), reconciler, status, drain.clone()));
     info!(namespace = %settings.namespace, "Kubernetes mode");

@@ -67,7 +67,9 @@ fn from_secret(secret: &Secret, trust_domain: &str) -> anyhow::Result<Certificat
 }
 
 /// The root certificate, where agents mount it from.
-async fn publish_root(client: &kube::Client, namespace: &str, root_pem: &str) -> anyhow::Result<()> {
+/// Creates or updates the root ConfigMap in `namespace`; one that already
+/// contains the root is left alone (it may hold a rotation's bundle).
+pub async fn publish_root(client: &kube::Client, namespace: &str, root_pem: &str) -> anyhow::Result<()> {
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     let wanted = BTreeMap::from([(CERT_KEY.to_owned(), root_pem.to_owned())]);
     match configmaps.get_opt(ROOT_CONFIGMAP).await.context("read the root ConfigMap")? {

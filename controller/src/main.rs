@@ -17,6 +17,7 @@ mod metrics;
 mod node_auth;
 mod reconcile;
 mod resources;
+mod root_publisher;
 mod server;
 mod status;
 mod store;

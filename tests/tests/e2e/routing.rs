@@ -29,7 +29,9 @@ async fn wait_object(bed: &mut Standard, kind: &str, name: &str, what: &str, hol
     let deadline = Instant::now() + WAIT;
     loop {
         let args = ["get", kind, name, "-n", MESH_NAMESPACE, "-o", "json"];
-        let object: Value = serde_json::from_str(&bed.cluster.control().kubectl(&args).await.unwrap()).unwrap();
+        // Not found (yet) reads as null.
+        let json = bed.cluster.control().kubectl(&args).await.unwrap_or_default();
+        let object: Value = serde_json::from_str(&json).unwrap_or_default();
         if holds(&object) {
             return object;
         }
@@ -196,6 +198,10 @@ async fn l7_kinds_are_validated_streamed_and_reported() {
     assert_eq!(condition["status"], "True", "{condition}");
     let dump = wait_agent_routes(&bed, 1, 1).await;
     assert_eq!(dump["config"]["waypoints"][0]["hostname"], "waypoint.mesh.svc.cluster.local");
+    // Its pods can mount the root: the leader published it in the namespace.
+    let root = |o: &Value| o["data"]["root-cert.pem"].as_str().unwrap_or_default().to_owned();
+    let configmap = wait_object(&mut bed, "configmap", "ambit-ca-root", "root", |o| !root(o).is_empty()).await;
+    assert_eq!(root(&configmap).trim(), bed.cluster.ca().root_pem().trim());
 
     waypoint_connects_as_itself(&mut bed).await;
 
