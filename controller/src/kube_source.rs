@@ -207,23 +207,28 @@ impl SyncState {
                 if self.unserved.insert(kind) {
                     warn!(?kind, "the API server does not serve this kind (is its CRD installed?); reading none");
                 }
+                // As good as an empty listing: whatever was known is gone.
                 self.relisting.insert(kind, BTreeSet::new());
-                self.record(Seen::Listed(kind));
+                self.finish_listing(kind);
             }
             Seen::Listed(kind) => {
-                if self.unserved.remove(&kind) && self.listed.contains(&kind) {
+                if self.unserved.remove(&kind) {
                     info!(?kind, "the API server serves this kind now");
                 }
-                // Whatever was known but not relisted was deleted meanwhile.
-                let relisted = self.relisting.remove(&kind).unwrap_or_default();
-                let gone: Vec<ObjectKey> =
-                    self.known.get(&kind).map(|k| k.difference(&relisted).cloned().collect()).unwrap_or_default();
-                for key in gone {
-                    self.forget(&key);
-                }
-                self.listed.insert(kind);
+                self.finish_listing(kind);
             }
         }
+    }
+
+    /// Whatever was known but not relisted was deleted meanwhile.
+    fn finish_listing(&mut self, kind: Kind) {
+        let relisted = self.relisting.remove(&kind).unwrap_or_default();
+        let gone: Vec<ObjectKey> =
+            self.known.get(&kind).map(|k| k.difference(&relisted).cloned().collect()).unwrap_or_default();
+        for key in gone {
+            self.forget(&key);
+        }
+        self.listed.insert(kind);
     }
 
     fn forget(&mut self, key: &ObjectKey) {
@@ -232,5 +237,36 @@ impl SyncState {
         }
         self.metas.remove(key);
         self.pending.push(Change::Delete(key.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Seen, SyncState};
+    use crate::resources::{Kind, Object, parse_documents};
+
+    fn route() -> Object {
+        let yaml =
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: x}\nspec: {}\n";
+        parse_documents(yaml).ok().and_then(|p| p.objects.into_iter().next()).unwrap_or_else(|| panic!("no route"))
+    }
+
+    #[test]
+    fn an_unserved_kind_counts_as_listed_and_empty() {
+        let mut state = SyncState::default();
+        state.record(Seen::Unserved(Kind::HttpRoute));
+        state.record(Seen::Unserved(Kind::HttpRoute));
+        assert!(state.listed.contains(&Kind::HttpRoute), "it does not hold up the first publication");
+        assert!(state.pending.is_empty(), "and, being empty, changes nothing");
+        // Its CRD appears: a real listing brings its objects in.
+        state.record(Seen::Relist(Kind::HttpRoute));
+        state.record(Seen::Object(route(), None));
+        state.record(Seen::Listed(Kind::HttpRoute));
+        assert!(state.unserved.is_empty());
+        assert_eq!(state.pending.len(), 1);
+        // Its CRD is deleted: the objects go with it.
+        state.pending.clear();
+        state.record(Seen::Unserved(Kind::HttpRoute));
+        assert!(matches!(state.pending.as_slice(), [crate::reconcile::Change::Delete(key)] if key.name == "r"));
     }
 }
