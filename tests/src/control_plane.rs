@@ -149,6 +149,12 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Local mode: writes (or replaces) one more YAML file in the watched
+    /// directory, as a user would drop objects in.
+    pub fn write_objects(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        crate::cluster::write_atomically(&self.objects_dir.join(file), yaml)
+    }
+
     /// Kubernetes mode: `kubectl apply` of `yaml`, as admin.
     pub async fn kube_apply(&self, yaml: &str) -> anyhow::Result<String> {
         self.api.as_ref().context("not in Kubernetes mode")?.apply(&self.netns, yaml).await

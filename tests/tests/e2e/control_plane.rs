@@ -245,3 +245,41 @@ async fn a_bad_policy_is_rejected_and_its_last_good_version_stays() {
     assert!(!reaches(&bed, "n1-a", n2a).await, "the last good version stays in force");
     assert!(reaches(&bed, "n1-b", n2a).await, "and still allows what it allowed");
 }
+
+/// The L7 kinds in local-directory mode: the same translation and checks as
+/// against the API server, with rejections on `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_kinds_in_the_directory_are_checked_and_streamed() {
+    require_root();
+    let mut bed = Standard::start_with_controller().await.unwrap();
+    let route = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: echo, namespace: mesh}\n\
+                 spec:\n  hosts: [echo]\n  http:\n  - route:\n    - {destination: {host: echo, subset: v1}}\n";
+    let control = bed.cluster.control();
+    control.write_objects("routes.yaml", route).unwrap();
+    let rejected = control
+        .process()
+        .wait_for_log("the route's rejection", WAIT, |r| r["object"] == "VirtualService mesh/echo")
+        .await
+        .unwrap();
+    assert!(rejected["reason"].as_str().is_some_and(|r| r.contains("subset \"v1\"")), "{rejected}");
+
+    // A DestinationRule defining the subset, in another file: the route settles.
+    let subsets = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: mesh}\n\
+                   spec:\n  host: echo\n  subsets: [{name: v1, labels: {app: echo}}]\n";
+    control.write_objects("subsets.yaml", subsets).unwrap();
+    bed.cluster
+        .ztunnel(0)
+        .wait_for_log("a config with the route", WAIT, |r| {
+            r["message"] == "config applied" && r["routes"].as_u64() == Some(1)
+        })
+        .await
+        .unwrap();
+    let dump = crate::support::config_dump(&bed.cluster, 0).await;
+    let route = &dump["config"]["httpRoutes"][0];
+    assert_eq!(route["rules"][0]["destinations"][0]["subset"], "v1", "{route}");
+    let control = bed.cluster.control();
+    let (_, body) =
+        ambit_tests::http::get(&control.netns, ambit_tests::control_plane::METRICS_ADDR, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rejected"], serde_json::json!([]), "{status}");
+}
