@@ -6,9 +6,9 @@ use gateway_api::apis::standard::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
-use mesh::config::routing::{self, HttpRoutes, RequestMatch, RetryPolicy, RouteRule, StringMatch, WeightedDestination};
+use mesh::config::routing::{HttpRoutes, RequestMatch, RetryPolicy, RouteRule, StringMatch, WeightedDestination};
 
-use super::routing::{Translated, name_of, qualify};
+use super::routing::{Translated, duration, name_of, qualify};
 
 /// A parentRef or backendRef to a core Service.
 fn is_service(group: Option<&String>, kind: Option<&String>) -> bool {
@@ -51,29 +51,25 @@ fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>) -> Result<
         None | Some([]) => {
             vec![RequestMatch { path: Some(StringMatch::PathPrefix("/".into())), port, ..Default::default() }]
         }
-        Some(matches) => matches.iter().map(|m| match_of(m, port)).collect::<Result<_, _>>()?,
+        Some(matches) => matches.iter().map(|m| match_of(m, port)).collect(),
     };
     let destinations =
         rule.backend_refs.iter().flatten().map(|b| backend_of(b, namespace)).collect::<Result<Vec<_>, _>>()?;
-    if !destinations.is_empty() && destinations.iter().all(|d| d.weight == 0) {
-        return Err("the backendRef weights sum to 0".into());
-    }
     let timeouts = rule.timeouts.clone().unwrap_or_default();
-    let duration = |field: &str, text: Option<String>| {
-        text.map(|t| routing::parse_duration(&t).map_err(|e| format!("timeouts.{field}: {e}"))).transpose()
-    };
-    let per_try_timeout = duration("backendRequest", timeouts.backend_request)?;
-    Ok(RouteRule {
+    let per_try_timeout = duration("timeouts.backendRequest", timeouts.backend_request.as_ref())?;
+    let rule = RouteRule {
         name: rule.name.clone(),
         matches,
         destinations,
-        timeout: duration("request", timeouts.request)?,
+        timeout: duration("timeouts.request", timeouts.request.as_ref())?,
         retries: per_try_timeout.map(|t| RetryPolicy { attempts: 0, per_try_timeout: Some(t), retry_on: Vec::new() }),
         fault: None,
-    })
+    };
+    rule.check()?;
+    Ok(rule)
 }
 
-fn match_of(m: &HttpRouteRulesMatches, port: Option<u16>) -> Result<RequestMatch, String> {
+fn match_of(m: &HttpRouteRulesMatches, port: Option<u16>) -> RequestMatch {
     let path = m.path.clone().unwrap_or_default();
     let value = path.value.unwrap_or_else(|| "/".into());
     let path = match path.r#type.unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
@@ -102,10 +98,7 @@ fn match_of(m: &HttpRouteRulesMatches, port: Option<u16>) -> Result<RequestMatch
         let text = serde_json::to_value(method).ok().and_then(|v| v.as_str().map(str::to_owned));
         StringMatch::Exact(text.unwrap_or_default())
     });
-    let converted = RequestMatch { path: Some(path), method, headers, query_params, port };
-    let mut patterns = converted.path.iter().chain(converted.headers.values()).chain(converted.query_params.values());
-    patterns.try_for_each(StringMatch::check)?;
-    Ok(converted)
+    RequestMatch { path: Some(path), method, headers, query_params, port }
 }
 
 fn backend_of(b: &HttpRouteRulesBackendRefs, namespace: &str) -> Result<WeightedDestination, String> {

@@ -32,7 +32,7 @@ pub(super) fn qualify(host: &str, namespace: &str) -> String {
     }
 }
 
-fn duration(field: &str, text: Option<&String>) -> Result<Option<std::time::Duration>, String> {
+pub(super) fn duration(field: &str, text: Option<&String>) -> Result<Option<std::time::Duration>, String> {
     text.map(|t| routing::parse_duration(t).map_err(|e| format!("{field}: {e}"))).transpose()
 }
 
@@ -80,13 +80,12 @@ fn istio_rule(route: &istio::HttpRoute, namespace: &str) -> Result<RouteRule, St
         let host = qualify(&d.destination.host, namespace);
         destinations.push(WeightedDestination { host, subset: d.destination.subset.clone(), port, weight });
     }
-    if !destinations.is_empty() && destinations.iter().all(|d| d.weight == 0) {
-        return Err("the route weights sum to 0".into());
-    }
     let retries = route.retries.as_ref().map(istio_retries).transpose()?;
     let fault = route.fault.as_ref().map(istio_fault).transpose()?;
     let timeout = duration("timeout", route.timeout.as_ref())?;
-    Ok(RouteRule { name: route.name.clone(), matches, destinations, timeout, retries, fault })
+    let rule = RouteRule { name: route.name.clone(), matches, destinations, timeout, retries, fault };
+    rule.check()?;
+    Ok(rule)
 }
 
 fn port_number(number: u32) -> Result<u16, String> {
@@ -116,7 +115,6 @@ fn istio_string(m: &istio::StringMatch) -> Result<StringMatch, String> {
         (None, None, Some(v)) => StringMatch::Regex(v.clone()),
         _ => return Err("a string match needs exactly one of exact, prefix and regex".into()),
     };
-    converted.check()?;
     Ok(converted)
 }
 

@@ -259,10 +259,19 @@ pub fn waypoint_of<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a 
 pub(super) fn validate(config: &MeshConfig) -> Result<(), String> {
     for routes in &config.http_routes {
         for (index, rule) in routes.rules.iter().enumerate() {
-            check_rule(rule).map_err(|e| format!("{} rule {index}: {e}", routes.origin))?;
+            rule.check().map_err(|e| format!("{} rule {index}: {e}", routes.origin))?;
         }
     }
     Ok(())
+}
+
+impl RouteRule {
+    /// What the types cannot say: patterns compile, weights are not all
+    /// zero, fractions are at most 100%. The controller rejects an object
+    /// with this message; an agent refuses a config that fails it.
+    pub fn check(&self) -> Result<(), String> {
+        check_rule(self)
+    }
 }
 
 fn check_rule(rule: &RouteRule) -> Result<(), String> {
