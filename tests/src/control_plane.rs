@@ -88,7 +88,7 @@ impl ControlPlane {
         let mut plane = Self::new(netns, dir, nodes, ca)?;
         let api = ApiServer::start(&plane.netns, &dir.join("apiserver")).await?;
         let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-        api.kubectl(&plane.netns, &["apply", "-k", manifests.to_str().context("path")?]).await?;
+        api.install(&plane.netns, &manifests).await?;
         let from_file = |key: &str| format!("--from-file={key}={}", plane.ca_dir.join(key).display());
         let (cert, key) = (from_file("root-cert.pem"), from_file("root-key.pem"));
         api.kubectl(&plane.netns, &["create", "secret", "generic", "ambit-ca", "-n", "ambit-system", &cert, &key])
@@ -158,6 +158,11 @@ impl ControlPlane {
     /// Kubernetes mode: `kubectl apply` of `yaml`, as admin.
     pub async fn kube_apply(&self, yaml: &str) -> anyhow::Result<String> {
         self.api.as_ref().context("not in Kubernetes mode")?.apply(&self.netns, yaml).await
+    }
+
+    /// Kubernetes mode: installs a kustomization and waits for its CRDs.
+    pub async fn kube_install(&self, dir: &Path) -> anyhow::Result<String> {
+        self.api.as_ref().context("not in Kubernetes mode")?.install(&self.netns, dir).await
     }
 
     /// Kubernetes mode: kubectl as admin.

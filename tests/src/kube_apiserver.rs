@@ -125,6 +125,18 @@ impl ApiServer {
         kubectl(netns, &self.admin_kubeconfig, args, None).await
     }
 
+    /// `kubectl apply -k dir`, then waits until every CRD is Established.
+    /// A CRD is served only a moment after it is created; an object of its
+    /// kind applied in between fails with "no matches for kind" (a CI run
+    /// hit exactly that), so installers wait on the condition, as users do.
+    pub async fn install(&self, netns: &Netns, dir: &Path) -> anyhow::Result<String> {
+        let dir = dir.to_str().context("manifest path")?;
+        let applied = self.kubectl(netns, &["apply", "-k", dir]).await?;
+        let wait = ["wait", "--for=condition=Established", "--all", "crd", "--timeout=60s"];
+        self.kubectl(netns, &wait).await?;
+        Ok(applied)
+    }
+
     /// Runs kubectl as the controller's ServiceAccount.
     pub async fn kubectl_as_controller(&self, netns: &Netns, args: &[&str]) -> anyhow::Result<String> {
         kubectl(netns, &self.controller_kubeconfig, args, None).await

@@ -29,7 +29,7 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
     let dir = tempfile::tempdir().unwrap();
     let api = ApiServer::start(&netns, dir.path()).await.unwrap();
 
-    let applied = api.kubectl(&netns, &["apply", "-k", &manifests()]).await.unwrap();
+    let applied = api.install(&netns, Path::new(&manifests())).await.unwrap();
     for created in [
         "namespace/ambit-system",
         "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.security.istio.io",
@@ -41,7 +41,7 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
     }
     // The HTTPRoute example needs the Gateway API CRDs.
     let gateway_api = format!("{}/gateway-api", manifests());
-    let applied = api.kubectl(&netns, &["apply", "-k", &gateway_api]).await.unwrap();
+    let applied = api.install(&netns, Path::new(&gateway_api)).await.unwrap();
     assert!(applied.contains("httproutes.gateway.networking.k8s.io created"), "{applied}");
     let examples = format!("{}/examples", manifests());
     let applied = api.kubectl(&netns, &["apply", "-f", &examples]).await.unwrap();

@@ -186,7 +186,7 @@ async fn l7_kinds_are_validated_streamed_and_reported() {
     assert!(refused.err().map(|e| e.to_string()).unwrap_or_default().contains("weight"));
 
     // Gateway API CRDs installed while the controller runs are picked up.
-    bed.cluster.control().kubectl(&["apply", "-k", &manifests("gateway-api")]).await.unwrap();
+    bed.cluster.control().kube_install(Path::new(&manifests("gateway-api"))).await.unwrap();
     // The waypoint template, placed in the namespace as its README says.
     let template = bed.cluster.control().kubectl(&["kustomize", &manifests("waypoint")]).await.unwrap();
     let placed = template.replace("\nmetadata:\n", "\nmetadata:\n  namespace: mesh\n");
