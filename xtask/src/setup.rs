@@ -4,7 +4,8 @@
 //! * the nightly `rust-src` component (eBPF programs build `core` from source);
 //! * `bpf-linker`, linked against the very LLVM that rustc nightly uses;
 //! * Debian packages: nftables (capture's conntrack bypass and the test
-//!   bed's kube-proxy), bpftool (inspecting programs), iperf3 and tcpdump.
+//!   bed's kube-proxy), bpftool (inspecting programs), iperf3 and tcpdump,
+//!   and make (jemalloc, ztunnel's allocator, is built from C source).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-const DEBIAN_PACKAGES: &[&str] = &["nftables", "bpftool", "iperf3", "tcpdump", "iproute2", "util-linux"];
+const DEBIAN_PACKAGES: &[&str] = &["nftables", "bpftool", "iperf3", "tcpdump", "iproute2", "util-linux", "make"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const OHA_VERSION: &str = "1";
 

@@ -19,6 +19,17 @@ pub enum Fault {
     Internal,
 }
 
+impl Fault {
+    /// The access log's and metrics' name for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Downstream => "downstream",
+            Self::Upstream => "upstream",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("refused: destination {0} is one of ztunnel's own ports")]

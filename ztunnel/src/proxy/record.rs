@@ -61,7 +61,7 @@ impl Record {
     pub fn byte_counters(&self) -> ByteCounters {
         self.metrics
             .as_ref()
-            .map(|m| m.bytes.clone())
+            .map(ConnectionMetrics::bytes)
             .unwrap_or_else(|| ByteCounters { sent: metrics::Counter::noop(), received: metrics::Counter::noop() })
     }
 
@@ -73,32 +73,52 @@ impl Record {
         if let Some(metrics) = self.metrics.take() {
             metrics.close(flags);
         }
-        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-        let id_or_dash = |v: &Option<Identity>| v.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
         let (error, fault, retryable) = match &result {
-            Err(e) => (e.to_string(), format!("{:?}", e.fault()).to_lowercase(), e.retryable()),
-            Ok(()) => (String::new(), String::new(), false),
+            Err(e) => (Some(e), Some(e.fault().label()), e.retryable()),
+            Ok(()) => (None, None, false),
         };
+        // Display adapters, not Strings: this runs once per connection.
         info!(
             target: "access",
             direction = self.direction,
             src.addr = %self.src,
-            src.workload = %or_dash(&self.src_workload),
-            src.identity = %id_or_dash(&self.src_identity),
+            src.workload = %OrDash(self.src_workload.as_ref()),
+            src.identity = %OrDash(self.src_identity.as_ref()),
             dst.addr = %self.dst,
-            dst.service = %or_dash(&self.dst_service),
-            dst.workload = %or_dash(&self.dst_workload),
-            dst.identity = %id_or_dash(&self.dst_identity),
-            upstream = %self.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            dst.service = %OrDash(self.dst_service.as_ref()),
+            dst.workload = %OrDash(self.dst_workload.as_ref()),
+            dst.identity = %OrDash(self.dst_identity.as_ref()),
+            upstream = %OrDash(self.upstream.as_ref()),
             bytes_sent = received,
             bytes_recv = sent,
             duration_ms = self.started.elapsed().as_millis() as u64,
             response_flags = flags,
-            error = %error,
-            error.fault = %fault,
+            error = %OrEmpty(error),
+            error.fault = fault.unwrap_or_default(),
             error.retryable = retryable,
             "connection complete"
         );
+    }
+}
+
+/// `-` for a value not known.
+struct OrDash<'a, T>(Option<&'a T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Nothing for no value (an access line's `error` when there was none).
+struct OrEmpty<'a, T>(Option<&'a T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.map_or(Ok(()), |value| value.fmt(f))
     }
 }
 
