@@ -100,7 +100,8 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)?;
     if settings.log_json {
-        tracing_subscriber::fmt().json().flatten_event(true).with_env_filter(filter).init();
+        let format = tracing_subscriber::fmt().fmt_fields(mesh::json_log::JsonFields);
+        format.event_format(mesh::json_log::JsonLines).with_env_filter(filter).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }

@@ -8,6 +8,7 @@
 //! * [`drain`]: the one shutdown primitive every listener and task uses.
 //! * [`http_server`]: the small HTTP/1 server behind readiness, admin and
 //!   metrics endpoints.
+//! * [`json_log`]: the JSON log-line format every binary writes.
 #![forbid(unsafe_code)]
 
 pub mod authz;
@@ -19,4 +20,5 @@ pub mod drain;
 pub mod hbone;
 pub mod http_server;
 pub mod identity;
+pub mod json_log;
 pub mod tls;

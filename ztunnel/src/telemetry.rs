@@ -2,6 +2,7 @@
 //! connection); everything else to the component targets. The filter can be
 //! changed at run time through the admin endpoint.
 
+use mesh::json_log::{JsonFields, JsonLines};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -47,7 +48,8 @@ pub fn init(filter: &str, format: LogFormat) -> Result<LogLevelHandle, LogLevelE
     match format {
         LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).init(),
         LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false)).init()
+            let layer = tracing_subscriber::fmt::layer().fmt_fields(JsonFields).event_format(JsonLines);
+            registry.with(layer).init();
         }
     }
     Ok(LogLevelHandle(handle))
