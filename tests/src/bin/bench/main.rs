@@ -73,8 +73,10 @@ async fn main() -> anyhow::Result<()> {
             let (from, to) = pair.split_once(':').unwrap_or((pair, pair));
             let (client, server) = (bed.cluster.pod(from), bed.cluster.pod(to));
             exchange(&client.netns, "warmup", server.addr(APP_PORT), 64, 64).await?;
-            let latency = measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000).await?;
-            let connect = measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000).await?;
+            let latency =
+                measure::on_own_runtime(measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000))?;
+            let connect =
+                measure::on_own_runtime(measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000))?;
             println!("{pair}: echo p50 {:?} p99 {:?}; new connection p50 {:?}", latency.p50, latency.p99, connect.p50);
         }
         return Ok(());
@@ -95,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
         println!("64 B echo latency…");
         report.echo = paired_latency(&args, pids, |tunnel| {
             let (client, server) = paths.pods(&bed, tunnel);
-            async move { measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000).await }
+            let measure = measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000);
+            async move { measure::on_own_runtime(measure) }
         })
         .await?;
     }
@@ -103,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
         println!("new connections…");
         report.connect = paired_latency(&args, pids, |tunnel| {
             let (client, server) = paths.pods(&bed, tunnel);
-            async move { measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000).await }
+            let measure = measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000);
+            async move { measure::on_own_runtime(measure) }
         })
         .await?;
     }

@@ -58,6 +58,26 @@ pub async fn iperf(client: &Netns, server: &Netns, server_ip: std::net::IpAddr, 
     Ok(bps / 1e9)
 }
 
+/// Runs a latency client on a thread and runtime of its own, and waits for
+/// it. The bench's main runtime also collects the agents' output: two
+/// access lines per tunnelled connection, none in direct runs. Sharing that
+/// runtime would put the collection inside the tunnel's measured loop only.
+/// The agents still pay for writing their lines, and the collector still
+/// competes for the same cores, as a node's log agent does.
+pub fn on_own_runtime<T, F>(measure: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: std::future::Future<Output = anyhow::Result<T>> + Send,
+{
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let client =
+                scope.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(measure));
+            client.join().map_err(|_| anyhow::anyhow!("the latency client panicked"))?
+        })
+    })
+}
+
 /// Round trips of `size` bytes over one echo connection.
 pub async fn echo_latency(client: &Netns, dst: SocketAddr, size: usize, rounds: usize) -> anyhow::Result<Latency> {
     let (_, mut conn) = echo_connect(client, "bench", dst).await?;
