@@ -66,10 +66,10 @@ where
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
         let meta = event.metadata();
         let mut line = Pairs::default();
-        line.string("timestamp", &timestamp);
-        line.string("level", meta.level().as_str());
+        line.pair("timestamp", &timestamp);
+        line.pair("level", meta.level().as_str());
         event.record(&mut line);
-        line.string("target", meta.target());
+        line.pair("target", meta.target());
         if let Some(scope) = ctx.event_scope() {
             line.key("spans");
             line.buf.push(b'[');
@@ -80,11 +80,10 @@ where
                 line.buf.push(b'{');
                 let extensions = span.extensions();
                 let stored = extensions.get::<FormattedFields<JsonFields>>().map_or("", |f| f.fields.as_str());
-                let mut object = Pairs { buf: std::mem::take(&mut line.buf), first: stored.is_empty(), failed: false };
-                object.buf.extend_from_slice(stored.as_bytes());
-                object.string("name", span.name());
-                object.buf.push(b'}');
-                line.buf = object.buf;
+                line.buf.extend_from_slice(stored.as_bytes());
+                line.first = stored.is_empty();
+                line.pair("name", span.name());
+                line.buf.push(b'}');
             }
             line.buf.push(b']');
         }
@@ -115,17 +114,13 @@ impl Pairs {
             self.buf.push(b',');
         }
         self.first = false;
-        self.value(key);
+        self.failed |= serde_json::to_writer(&mut self.buf, key).is_err();
         self.buf.push(b':');
     }
 
-    fn value<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
-        self.failed |= serde_json::to_writer(&mut self.buf, value).is_err();
-    }
-
-    fn string(&mut self, key: &str, value: &str) {
+    fn pair<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) {
         self.key(key);
-        self.value(value);
+        self.failed |= serde_json::to_writer(&mut self.buf, value).is_err();
     }
 
     fn as_str(&self) -> Result<&str, fmt::Error> {
@@ -147,7 +142,7 @@ impl fmt::Display for DebugText<'_> {
 
 impl Visit for Pairs {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.string(field.name(), value);
+        self.pair(field.name(), value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -158,23 +153,19 @@ impl Visit for Pairs {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field.name());
-        self.value(&value);
+        self.pair(field.name(), &value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field.name());
-        self.value(&value);
+        self.pair(field.name(), &value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field.name());
-        self.value(&value);
+        self.pair(field.name(), &value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field.name());
-        self.value(&value);
+        self.pair(field.name(), &value);
     }
 }
 

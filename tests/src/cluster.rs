@@ -398,8 +398,6 @@ impl Drop for Cluster {
 }
 
 /// Write, then rename: readers see the old file or the new one, never half.
-/// Writes `text` to `path` by renaming a temporary file, so a watcher never
-/// reads half a file.
 pub fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).context("file name")?;
     let tmp = path.with_file_name(format!(".{name}.tmp"));

@@ -20,7 +20,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The access log's and metrics' name for it.
+    /// Its name in the access log's `error.fault`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Downstream => "downstream",

@@ -82,18 +82,18 @@ impl Record {
             target: "access",
             direction = self.direction,
             src.addr = %self.src,
-            src.workload = %OrDash(self.src_workload.as_ref()),
-            src.identity = %OrDash(self.src_identity.as_ref()),
+            src.workload = %Or(self.src_workload.as_ref(), "-"),
+            src.identity = %Or(self.src_identity.as_ref(), "-"),
             dst.addr = %self.dst,
-            dst.service = %OrDash(self.dst_service.as_ref()),
-            dst.workload = %OrDash(self.dst_workload.as_ref()),
-            dst.identity = %OrDash(self.dst_identity.as_ref()),
-            upstream = %OrDash(self.upstream.as_ref()),
+            dst.service = %Or(self.dst_service.as_ref(), "-"),
+            dst.workload = %Or(self.dst_workload.as_ref(), "-"),
+            dst.identity = %Or(self.dst_identity.as_ref(), "-"),
+            upstream = %Or(self.upstream.as_ref(), "-"),
             bytes_sent = received,
             bytes_recv = sent,
             duration_ms = self.started.elapsed().as_millis() as u64,
             response_flags = flags,
-            error = %OrEmpty(error),
+            error = %Or(error, ""),
             error.fault = fault.unwrap_or_default(),
             error.retryable = retryable,
             "connection complete"
@@ -101,24 +101,15 @@ impl Record {
     }
 }
 
-/// `-` for a value not known.
-struct OrDash<'a, T>(Option<&'a T>);
+/// A value, or `fallback` when it is not known (`-`; nothing for `error`).
+struct Or<'a, T>(Option<&'a T>, &'static str);
 
-impl<T: std::fmt::Display> std::fmt::Display for OrDash<'_, T> {
+impl<T: std::fmt::Display> std::fmt::Display for Or<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(value) => value.fmt(f),
-            None => f.write_str("-"),
+            None => f.write_str(self.1),
         }
-    }
-}
-
-/// Nothing for no value (an access line's `error` when there was none).
-struct OrEmpty<'a, T>(Option<&'a T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrEmpty<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.map_or(Ok(()), |value| value.fmt(f))
     }
 }
 
