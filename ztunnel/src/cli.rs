@@ -103,9 +103,11 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 
-    /// Threads that run the data path. Each connection's work stays on one
-    /// thread; more threads add cross-thread wakeups, fewer limit CPU.
-    #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = 2)]
+    /// Threads that run the data path. More threads add CPU headroom but
+    /// also cross-thread wakeups and cache misses on every hop. Default: one
+    /// per two CPUs this process may use (cgroup quota and affinity count),
+    /// at least one and at most Istio's two.
+    #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = default_worker_threads())]
     pub worker_threads: usize,
 
     /// Log filter, `tracing` EnvFilter syntax; changeable at run time through
@@ -145,6 +147,15 @@ impl Settings {
     }
 }
 
+/// On a two-CPU node a second data-path thread competes with the workloads
+/// it serves and hands each stream's frames between cores: one thread moved
+/// 13–19% more bytes per second through the tunnel there (BENCHMARKS.md).
+/// Larger nodes get Istio's two.
+fn default_worker_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus / 2).clamp(1, 2)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
@@ -172,6 +183,8 @@ mod tests {
         );
         assert_eq!(s.own_ports(), [15001, 15008, 15006, 15021, 15020, 15000]);
         assert_eq!(with(&["--drain-grace", "250ms"]).unwrap().drain_grace, Duration::from_millis(250));
+        assert!((1..=2).contains(&s.worker_threads), "{}", s.worker_threads);
+        assert_eq!(with(&["--worker-threads", "4"]).unwrap().worker_threads, 4);
     }
 
     #[test]
