@@ -148,8 +148,9 @@ impl Settings {
 }
 
 /// On a two-CPU node a second data-path thread competes with the workloads
-/// it serves and hands each stream's frames between cores: one thread moved
-/// 13–19% more bytes per second through the tunnel there (BENCHMARKS.md).
+/// it serves and hands each stream's frames between cores: with one thread
+/// the tunnel's throughput relative to direct was 16–21% higher there
+/// (BENCHMARKS.md).
 /// Larger nodes get Istio's two.
 fn default_worker_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
