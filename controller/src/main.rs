@@ -100,8 +100,9 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)?;
     if settings.log_json {
-        let format = tracing_subscriber::fmt().fmt_fields(mesh::json_log::JsonFields);
-        format.event_format(mesh::json_log::JsonLines).with_env_filter(filter).init();
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry().with(filter).with(mesh::json_log::layer()).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }

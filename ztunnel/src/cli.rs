@@ -150,8 +150,7 @@ impl Settings {
 /// On a two-CPU node a second data-path thread competes with the workloads
 /// it serves and hands each stream's frames between cores: with one thread
 /// the tunnel's throughput relative to direct was 16–21% higher there
-/// (BENCHMARKS.md).
-/// Larger nodes get Istio's two.
+/// (BENCHMARKS.md). Larger nodes get Istio's two.
 fn default_worker_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     (cpus / 2).clamp(1, 2)

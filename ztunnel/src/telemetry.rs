@@ -2,7 +2,6 @@
 //! connection); everything else to the component targets. The filter can be
 //! changed at run time through the admin endpoint.
 
-use mesh::json_log::{JsonFields, JsonLines};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -47,10 +46,7 @@ pub fn init(filter: &str, format: LogFormat) -> Result<LogLevelHandle, LogLevelE
     let registry = tracing_subscriber::registry().with(filter_layer);
     match format {
         LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).init(),
-        LogFormat::Json => {
-            let layer = tracing_subscriber::fmt::layer().fmt_fields(JsonFields).event_format(JsonLines);
-            registry.with(layer).init();
-        }
+        LogFormat::Json => registry.with(mesh::json_log::layer()).init(),
     }
     Ok(LogLevelHandle(handle))
 }
