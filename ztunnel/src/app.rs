@@ -15,6 +15,7 @@ use mesh::hbone::pool::Pool;
 use mesh::http_server::HttpServer;
 use mesh::identity::Identity;
 use mesh::tls::TrustBundle;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -41,73 +42,30 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     let prometheus = crate::metrics::install()?;
     let (source, certs) = config_source(&settings).await?;
     let state = State::new(source.initial);
-    let drain = Drain::new();
-    let pool = Pool::new(
-        HboneDialer {
-            certs: certs.clone(),
-            state: state.clone(),
-            node: settings.node.clone(),
-            connect_timeout: settings.connect_timeout,
-        },
-        settings.pool_streams,
-        settings.pool_idle_timeout,
-    );
-    let context = ContextSettings {
-        node: settings.node.clone(),
-        trust_domain: settings.trust_domain.clone(),
-        own_ports: settings.own_ports(),
-        connect_timeout: settings.connect_timeout,
-    };
-    let ctx = ProxyContext::new(context, state.clone(), certs.clone(), pool.clone());
-
-    let outbound = Outbound::new(settings.outbound_addr, ctx.clone())?;
-    let inbound = Inbound::new(settings.hbone_addr, ctx.clone())?;
-    let inbound_plain = InboundPlain::new(settings.inbound_plain_addr, ctx.clone())?;
-    let readiness_server = HttpServer::new("readiness", settings.readiness_addr)?;
-    let metrics_server = HttpServer::new("metrics", settings.metrics_addr)?;
-    let admin_server = HttpServer::new("admin", settings.admin_addr)?;
-    info!(
-        outbound = %outbound.address(),
-        hbone = %inbound.address(),
-        inbound_plaintext = %inbound_plain.address(),
-        readiness = %readiness_server.address(),
-        metrics = %metrics_server.address(),
-        admin = %admin_server.address(),
-        "listeners bound"
-    );
-
-    let mut capture = Capture::new(&settings.node, &settings.bpf_pin_dir()).await.context("preparing capture")?;
-    capture.register_listener(LISTENER_OUTBOUND, outbound.socket())?;
-    capture.register_listener(LISTENER_HBONE, inbound.socket())?;
-    capture.register_listener(LISTENER_INBOUND_PLAIN, inbound_plain.socket())?;
-    let snapshot = state.current();
-    let status = capture.sync(&snapshot.snapshot).await.context("initial capture sync")?;
-    ctx.set_local_addresses(capture.local_addresses().clone());
-    prefetch_certificates(&certs, &snapshot.snapshot, &settings).await;
-    let status = Arc::new(RwLock::new(status));
+    let pool = hbone_pool(&settings, &certs, &state);
+    let ctx = ProxyContext::new(context_settings(&settings), state.clone(), certs.clone(), pool.clone());
+    let listeners = Listeners::bind(&settings, &ctx)?;
+    let (capture, status) = start_capture(&settings, &listeners, &ctx).await?;
+    prefetch_certificates(&certs, &state.current().snapshot, &settings).await;
     let readiness = Readiness::new(certs.clone());
     readiness.set_captured();
 
-    drain.spawn(outbound.run(drain.clone()));
-    drain.spawn(inbound.run(drain.clone()));
-    drain.spawn(inbound_plain.run(drain.clone()));
-    drain.spawn(certs.clone().run(drain.clone()));
-    drain.spawn(pool.clone().run_reaper(drain.clone()));
-    drain.spawn(readiness.clone().serve(readiness_server, drain.clone()));
-    drain.spawn(crate::metrics::serve(metrics_server, prometheus, drain.clone()));
+    let drain = Drain::new();
     let admin = Admin {
         node: settings.node.clone(),
         state: state.clone(),
         capture: status.clone(),
         certs: certs.clone(),
-        pool,
+        pool: pool.clone(),
         connections: ctx.clone(),
         log_level,
     };
-    drain.spawn(admin.serve(admin_server, drain.clone()));
+    listeners.serve(&drain, &readiness, prometheus, admin);
+    drain.spawn(certs.run(drain.clone()));
+    drain.spawn(pool.run_reaper(drain.clone()));
     match source.follow {
-        Follow::File(watcher) => drain.spawn(watcher.run(state.clone(), drain.clone())),
-        Follow::Controller(controller) => drain.spawn(controller.follow(state.clone(), drain.clone())),
+        Follow::File(watcher) => drain.spawn(watcher.run(state, drain.clone())),
+        Follow::Controller(controller) => drain.spawn(controller.follow(state, drain.clone())),
     };
     drain.spawn(sync_loop(capture, ctx, status, settings.clone(), drain.clone()));
     info!(node = %settings.node, "ready");
@@ -120,6 +78,84 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
         DrainOutcome::TimedOut { remaining } => warn!(remaining, "drain grace expired; closing remaining connections"),
     }
     Ok(())
+}
+
+fn hbone_pool(settings: &Settings, certs: &CertManager, state: &State) -> Pool {
+    let dialer = HboneDialer {
+        certs: certs.clone(),
+        state: state.clone(),
+        node: settings.node.clone(),
+        connect_timeout: settings.connect_timeout,
+    };
+    Pool::new(dialer, settings.pool_streams, settings.pool_idle_timeout)
+}
+
+fn context_settings(settings: &Settings) -> ContextSettings {
+    ContextSettings {
+        node: settings.node.clone(),
+        trust_domain: settings.trust_domain.clone(),
+        own_ports: settings.own_ports(),
+        connect_timeout: settings.connect_timeout,
+    }
+}
+
+/// Every listener, bound before anything is served, so that a taken port
+/// fails start-up at once.
+struct Listeners {
+    outbound: Outbound,
+    inbound: Inbound,
+    inbound_plain: InboundPlain,
+    readiness: HttpServer,
+    metrics: HttpServer,
+    admin: HttpServer,
+}
+
+impl Listeners {
+    fn bind(settings: &Settings, ctx: &Arc<ProxyContext>) -> anyhow::Result<Self> {
+        let listeners = Self {
+            outbound: Outbound::new(settings.outbound_addr, ctx.clone())?,
+            inbound: Inbound::new(settings.hbone_addr, ctx.clone())?,
+            inbound_plain: InboundPlain::new(settings.inbound_plain_addr, ctx.clone())?,
+            readiness: HttpServer::new("readiness", settings.readiness_addr)?,
+            metrics: HttpServer::new("metrics", settings.metrics_addr)?,
+            admin: HttpServer::new("admin", settings.admin_addr)?,
+        };
+        info!(
+            outbound = %listeners.outbound.address(),
+            hbone = %listeners.inbound.address(),
+            inbound_plaintext = %listeners.inbound_plain.address(),
+            readiness = %listeners.readiness.address(),
+            metrics = %listeners.metrics.address(),
+            admin = %listeners.admin.address(),
+            "listeners bound"
+        );
+        Ok(listeners)
+    }
+
+    fn serve(self, drain: &Drain, readiness: &Readiness, prometheus: PrometheusHandle, admin: Admin) {
+        drain.spawn(self.outbound.run(drain.clone()));
+        drain.spawn(self.inbound.run(drain.clone()));
+        drain.spawn(self.inbound_plain.run(drain.clone()));
+        drain.spawn(readiness.clone().serve(self.readiness, drain.clone()));
+        drain.spawn(crate::metrics::serve(self.metrics, prometheus, drain.clone()));
+        drain.spawn(admin.serve(self.admin, drain.clone()));
+    }
+}
+
+/// Loads the capture programs, hands them the data-path listeners and
+/// applies the initial config.
+async fn start_capture(
+    settings: &Settings,
+    listeners: &Listeners,
+    ctx: &ProxyContext,
+) -> anyhow::Result<(Capture, Arc<RwLock<CaptureStatus>>)> {
+    let mut capture = Capture::new(&settings.node, &settings.bpf_pin_dir()).await.context("preparing capture")?;
+    capture.register_listener(LISTENER_OUTBOUND, listeners.outbound.socket())?;
+    capture.register_listener(LISTENER_HBONE, listeners.inbound.socket())?;
+    capture.register_listener(LISTENER_INBOUND_PLAIN, listeners.inbound_plain.socket())?;
+    let status = capture.sync(&ctx.state.current().snapshot).await.context("initial capture sync")?;
+    ctx.set_local_addresses(capture.local_addresses().clone());
+    Ok((capture, Arc::new(RwLock::new(status))))
 }
 
 /// Where config comes from after the first version.

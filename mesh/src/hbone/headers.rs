@@ -22,6 +22,18 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// A mesh workload as its peers see it: the source announces itself this
+    /// way on a CONNECT, the destination in its answer.
+    pub fn of_workload(w: &crate::config::Workload) -> Self {
+        Self {
+            cluster: Some("Kubernetes".to_owned()),
+            namespace: Some(w.namespace.clone()),
+            workload: Some(w.workload_name().to_owned()),
+            service: Some(w.canonical_service().to_owned()),
+            version: Some(w.canonical_revision().to_owned()),
+        }
+    }
+
     pub fn to_baggage(&self) -> String {
         let pairs = [
             ("k8s.cluster.name", &self.cluster),
@@ -140,6 +152,24 @@ pub fn connect_headers(client: SocketAddr, peer: &PeerInfo) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workload_announces_its_namespace_workload_and_canonical_labels() {
+        let workload = crate::config::Workload {
+            name: "reviews-v2-7d9f".into(),
+            namespace: "shop".into(),
+            workload_name: Some("reviews-v2".into()),
+            labels: [("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), "v2".to_owned())].into(),
+            ..Default::default()
+        };
+        let baggage = PeerInfo::of_workload(&workload).to_baggage();
+        assert_eq!(
+            baggage,
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.deployment.name=reviews-v2,\
+             service.name=reviews,service.version=v2"
+        );
+        assert_eq!(PeerInfo::from_baggage(&baggage), PeerInfo::of_workload(&workload));
+    }
 
     #[test]
     fn forwarded_round_trip_and_variants() {

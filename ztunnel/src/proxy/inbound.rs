@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use mesh::authz::ConnectionInfo;
+use mesh::config::{Snapshot, Workload};
 use mesh::drain::Drain;
 use mesh::hbone::headers::{self, BAGGAGE, PeerInfo};
 use mesh::hbone::server::{self, ConnectRequest, Responder};
@@ -115,40 +116,14 @@ async fn handle_stream(
     let src = forwarded.and_then(headers::parse_forwarded_addr).unwrap_or(SocketAddr::new(tcp_peer.ip(), 0));
     let mut record = Record::new("inbound", src, request.authority);
     record.src_identity = Some(client.clone());
-    if request.authority.ip() != arrived.ip() {
-        responder.reject(StatusCode::BAD_REQUEST);
-        return record.finish(Err(ProxyError::AuthorityMismatch { authority: request.authority, arrived }));
-    }
     let current = ctx.state.current();
-    let snapshot = &current.snapshot;
-    let Some(destination) = local_enrolled(snapshot, &ctx.node, request.authority.ip()) else {
-        responder.reject(StatusCode::SERVICE_UNAVAILABLE);
-        return record.finish(Err(ProxyError::UnknownDestination(request.authority.ip())));
+    let destination = match admit(&ctx, &current.snapshot, arrived, &request, &mut record) {
+        Ok(destination) => destination,
+        Err((status, error)) => {
+            responder.reject(status);
+            return record.finish(Err(error));
+        }
     };
-    let source = snapshot.workload_by_ip(src.ip());
-    record.src_workload = source.map(mesh::config::Workload::qualified_name);
-    record.dst_workload = Some(destination.qualified_name());
-    record.dst_identity = Some(destination.identity(&ctx.trust_domain));
-    let service = snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
-    record.dst_service = service.as_ref().map(|s| s.0.clone());
-    record.open_metrics(ConnectionLabels {
-        reporter: "destination",
-        source: peer_labels(source, Some(&client)),
-        destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
-        service,
-        security_policy: "mutual_tls",
-    });
-    let info = ConnectionInfo {
-        src_identity: Some(&client),
-        src_ip: src.ip(),
-        dst_ip: request.authority.ip(),
-        dst_port: request.authority.port(),
-    };
-    let decision = snapshot.authorizer().authorize(destination, &info);
-    if !decision.is_allowed() {
-        responder.reject(StatusCode::UNAUTHORIZED);
-        return record.finish(Err(ProxyError::Denied(decision.to_string())));
-    }
     let mut upstream = match connect_local(&ctx, request.authority, src.ip()).await {
         Ok(upstream) => upstream,
         Err(error) => {
@@ -174,15 +149,52 @@ async fn handle_stream(
     record.finish(result);
 }
 
-/// The success response's `baggage`: who the destination is.
-fn baggage_headers(w: &mesh::config::Workload) -> HeaderMap {
-    let peer = PeerInfo {
-        cluster: Some("Kubernetes".to_owned()),
-        namespace: Some(w.namespace.clone()),
-        workload: Some(w.workload_name().to_owned()),
-        service: Some(w.canonical_service().to_owned()),
-        version: Some(w.canonical_revision().to_owned()),
+/// Steps 1–3 of the module's sequence, filling in `record` (and opening its
+/// metrics) as the destination becomes known: the local workload the stream
+/// may reach, or the status to answer and the reason.
+fn admit<'s>(
+    ctx: &ProxyContext,
+    snapshot: &'s Snapshot,
+    arrived: SocketAddr,
+    request: &ConnectRequest,
+    record: &mut Record,
+) -> Result<&'s Workload, (StatusCode, ProxyError)> {
+    let authority = request.authority;
+    if authority.ip() != arrived.ip() {
+        return Err((StatusCode::BAD_REQUEST, ProxyError::AuthorityMismatch { authority, arrived }));
+    }
+    let Some(destination) = local_enrolled(snapshot, &ctx.node, authority.ip()) else {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, ProxyError::UnknownDestination(authority.ip())));
     };
+    let source = snapshot.workload_by_ip(record.src.ip());
+    record.src_workload = source.map(Workload::qualified_name);
+    record.dst_workload = Some(destination.qualified_name());
+    record.dst_identity = Some(destination.identity(&ctx.trust_domain));
+    let service = snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
+    record.dst_service = service.as_ref().map(|s| s.0.clone());
+    record.open_metrics(ConnectionLabels {
+        reporter: "destination",
+        source: peer_labels(source, record.src_identity.as_ref()),
+        destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
+        service,
+        security_policy: "mutual_tls",
+    });
+    let info = ConnectionInfo {
+        src_identity: record.src_identity.as_ref(),
+        src_ip: record.src.ip(),
+        dst_ip: authority.ip(),
+        dst_port: authority.port(),
+    };
+    let decision = snapshot.authorizer().authorize(destination, &info);
+    if !decision.is_allowed() {
+        return Err((StatusCode::UNAUTHORIZED, ProxyError::Denied(decision.to_string())));
+    }
+    Ok(destination)
+}
+
+/// The success response's `baggage`: who the destination is.
+fn baggage_headers(w: &Workload) -> HeaderMap {
+    let peer = PeerInfo::of_workload(w);
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&peer.to_baggage()) {
         headers.insert(BAGGAGE, value);

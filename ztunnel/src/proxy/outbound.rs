@@ -135,7 +135,11 @@ fn resolve(
         };
         record.dst_identity = Some(key.dst.clone());
         record.open_metrics(labels(source, enrolled, record, service, "mutual_tls"));
-        return Ok(Upstream::Hbone(Box::new(HboneRoute { key, authority: upstream_addr, peer: baggage_of(src) })));
+        return Ok(Upstream::Hbone(Box::new(HboneRoute {
+            key,
+            authority: upstream_addr,
+            peer: PeerInfo::of_workload(src),
+        })));
     }
     record.open_metrics(labels(source, destination, record, service, "unknown"));
     // Connect as the client pod only towards pods: their replies come back
@@ -161,17 +165,6 @@ fn labels(
         destination: peer_labels(destination, record.dst_identity.as_ref()),
         service,
         security_policy,
-    }
-}
-
-/// The `baggage` a source workload's tunnels carry.
-fn baggage_of(w: &Workload) -> PeerInfo {
-    PeerInfo {
-        cluster: Some("Kubernetes".to_owned()),
-        namespace: Some(w.namespace.clone()),
-        workload: Some(w.workload_name().to_owned()),
-        service: Some(w.canonical_service().to_owned()),
-        version: Some(w.canonical_revision().to_owned()),
     }
 }
 
