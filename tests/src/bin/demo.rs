@@ -24,8 +24,31 @@ async fn main() -> anyhow::Result<()> {
     println!("service echo.mesh at {SERVICE_VIP}:{SERVICE_PORT}, and a host outside the cluster.");
     println!("Config and certificates come from the controller, reading Kubernetes YAML from a directory.\n");
     let mut bed = Standard::start_with_controller().await?;
+    let objects = bed.cluster.control().objects_dir.join("cluster.yaml");
+    describe_cluster(&mut bed, &objects);
+    show_paths(&bed).await?;
+    show_policy(&mut bed).await?;
+    show_static_stability(&mut bed).await?;
+    show_fail_closed(&mut bed).await?;
+    let node = &bed.cluster.nodes[0];
+    println!("\nThe mesh stays up until Ctrl-C. Look around, for example:");
+    println!(
+        "  nsenter --net={} curl -s localhost:15000/config_dump   # config, certificates, HBONE pool",
+        node.netns.path()
+    );
+    println!("  nsenter --net={} curl -s localhost:15020/metrics | grep istio_tcp", node.netns.path());
+    println!("  nsenter --net={} bpftool net show", node.netns.path());
+    println!("  edit {} and watch the agents follow", objects.display());
+    tokio::signal::ctrl_c().await?;
+    println!("\nCleaning up…");
+    drop(bed);
+    println!("Done: namespaces, links, BPF pins and processes removed.");
+    Ok(())
+}
+
+/// Who runs where; `objects` is the controller's Kubernetes YAML.
+fn describe_cluster(bed: &mut Standard, objects: &std::path::Path) {
     let control = bed.cluster.control();
-    let objects = control.objects_dir.join("cluster.yaml");
     println!(
         "  controller ({}): namespace {}, pid {}, objects in {}",
         ambit_tests::control_plane::CONTROL_ADDR,
@@ -40,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
     for pod in &bed.cluster.pods {
         println!("  pod {:<9} {:<9} on node{}: {}", pod.name, pod.ip, pod.node + 1, pod.netns.name());
     }
+}
 
+/// Every kind of path: HBONE across nodes and within one, through a
+/// service, to the outside, and plaintext into and out of the mesh.
+async fn show_paths(bed: &Standard) -> anyhow::Result<()> {
     println!("\nEach line moves 1 MiB each way and checks both hashes. Enrolled pods talk HBONE (mTLS);");
     println!("pods outside the mesh reach enrolled pods as plaintext, taken in by the destination's ztunnel.\n");
     println!("{:<10} {:<28} {:<32} {:<10} server saw", "from", "to", "carried by", "served by");
@@ -56,31 +83,39 @@ async fn main() -> anyhow::Result<()> {
         ("n1-plain", "outside".into(), bed.outside_addr()),
     ];
     for (from, label, addr) in routes {
-        show_connection(&bed, from, &label, addr).await?;
+        show_connection(bed, from, &label, addr).await?;
     }
+    Ok(())
+}
 
+async fn show_policy(bed: &mut Standard) -> anyhow::Result<()> {
     println!("\nA policy, written to the controller's directory as `kubectl apply` would take it:");
     let deny: mesh::config::policy::AuthorizationPolicy = yaml_serde::from_str(DENY_N1A)?;
     print!("{}", DENY_N1A.lines().map(|l| format!("    {l}\n")).collect::<String>());
     bed.apply(|config| config.authorization_policies.push(deny)).await?;
-    show_connection(&bed, "n1-a", "n2-a (policy denies)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
-    show_connection(&bed, "n1-b", "n2-a (policy allows)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+    let n2a = bed.cluster.pod("n2-a").addr(APP_PORT);
+    show_connection(bed, "n1-a", "n2-a (policy denies)", n2a).await?;
+    show_connection(bed, "n1-b", "n2-a (policy allows)", n2a).await?;
     bed.apply(|config| config.authorization_policies.clear()).await?;
     println!("  policy deleted:");
-    show_connection(&bed, "n1-a", "n2-a", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+    show_connection(bed, "n1-a", "n2-a", n2a).await
+}
 
+async fn show_static_stability(bed: &mut Standard) -> anyhow::Result<()> {
     println!("\nStatic stability: killing the controller…");
     bed.cluster.control().kill().await?;
-    show_connection(&bed, "n1-a", "n2-a (controller down)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
+    show_connection(bed, "n1-a", "n2-a (controller down)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
     bed.cluster.control().start().await?;
     println!("  controller restarted; agents reconnect and resume.");
+    Ok(())
+}
 
+async fn show_fail_closed(bed: &mut Standard) -> anyhow::Result<()> {
     println!("\nFail closed: stopping ztunnel on node1…");
     bed.cluster.stop_ztunnel(0).await?;
+    let n2a = bed.cluster.pod("n2-a").addr(APP_PORT);
     let client = bed.cluster.pod("n1-a");
-    let attempt =
-        tokio::time::timeout(Duration::from_secs(2), client.netns.connect(bed.cluster.pod("n2-a").addr(APP_PORT)))
-            .await;
+    let attempt = tokio::time::timeout(Duration::from_secs(2), client.netns.connect(n2a)).await;
     let verdict = if matches!(attempt, Ok(Ok(_))) {
         "CONNECTED (bypass!)"
     } else {
@@ -88,22 +123,7 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("  n1-a → n2-a while ztunnel is down: {verdict}");
     bed.cluster.start_ztunnel(0).await?;
-    show_connection(&bed, "n1-a", "n2-a (ztunnel restarted)", bed.cluster.pod("n2-a").addr(APP_PORT)).await?;
-
-    let node = &bed.cluster.nodes[0];
-    println!("\nThe mesh stays up until Ctrl-C. Look around, for example:");
-    println!(
-        "  nsenter --net={} curl -s localhost:15000/config_dump   # config, certificates, HBONE pool",
-        node.netns.path()
-    );
-    println!("  nsenter --net={} curl -s localhost:15020/metrics | grep istio_tcp", node.netns.path());
-    println!("  nsenter --net={} bpftool net show", node.netns.path());
-    println!("  edit {} and watch the agents follow", objects.display());
-    tokio::signal::ctrl_c().await?;
-    println!("\nCleaning up…");
-    drop(bed);
-    println!("Done: namespaces, links, BPF pins and processes removed.");
-    Ok(())
+    show_connection(bed, "n1-a", "n2-a (ztunnel restarted)", n2a).await
 }
 
 /// Connections each node's agent has taken in, as (source side,

@@ -69,25 +69,45 @@ async fn main() -> anyhow::Result<()> {
         exchange(&client.netns, "warmup", server.addr(APP_PORT), 1024, 1024).await?;
     }
     if !args.echo_pairs.is_empty() {
-        for pair in &args.echo_pairs {
-            let (from, to) = pair.split_once(':').unwrap_or((pair, pair));
-            let (client, server) = (bed.cluster.pod(from), bed.cluster.pod(to));
-            exchange(&client.netns, "warmup", server.addr(APP_PORT), 64, 64).await?;
-            let latency =
-                measure::on_own_runtime(measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000))?;
-            let connect =
-                measure::on_own_runtime(measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000))?;
-            println!("{pair}: echo p50 {:?} p99 {:?}; new connection p50 {:?}", latency.p50, latency.p99, connect.p50);
-        }
-        return Ok(());
+        return print_echo_pairs(&bed, &args.echo_pairs).await;
     }
     let pids = [bed.cluster.ztunnel(0).pid().unwrap_or(0), bed.cluster.ztunnel(1).pid().unwrap_or(0)];
     let mut report = Report::new(args.runs);
+    measure_tcp(&args, pids, &bed, &paths, &mut report).await?;
+    measure_http(&args, pids, &bed, &paths, &mut report).await?;
+    report.rss = pids.map(procstat::rss_mib);
+    let markdown = report.markdown(&machine());
+    println!("\n{markdown}");
+    report::write_section(&args.output, &markdown)?;
+    println!("written to {}", args.output.display());
+    Ok(())
+}
 
+/// `--echo-pairs`: latency along chosen paths, to see which hop costs what.
+async fn print_echo_pairs(bed: &Standard, pairs: &[String]) -> anyhow::Result<()> {
+    for pair in pairs {
+        let (from, to) = pair.split_once(':').unwrap_or((pair, pair));
+        let (client, server) = (bed.cluster.pod(from), bed.cluster.pod(to));
+        exchange(&client.netns, "warmup", server.addr(APP_PORT), 64, 64).await?;
+        let latency = measure::on_own_runtime(measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000))?;
+        let connect = measure::on_own_runtime(measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000))?;
+        println!("{pair}: echo p50 {:?} p99 {:?}; new connection p50 {:?}", latency.p50, latency.p99, connect.p50);
+    }
+    Ok(())
+}
+
+/// Throughput, echo and new connections, as `--only` asks.
+async fn measure_tcp(
+    args: &Args,
+    pids: [u32; 2],
+    bed: &Standard,
+    paths: &Paths,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     if args.wants("throughput") {
         println!("throughput (iperf3, {} s per run)…", args.seconds);
-        report.throughput = paired(&args, pids, |tunnel| {
-            let (client, server) = paths.pods(&bed, tunnel);
+        report.throughput = paired(args, pids, |tunnel| {
+            let (client, server) = paths.pods(bed, tunnel);
             async move { measure::iperf(&client.netns, &server.netns, IpAddr::V4(server.ip), args.seconds).await }
         })
         .await?;
@@ -95,8 +115,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.wants("echo") {
         println!("64 B echo latency…");
-        report.echo = paired_latency(&args, pids, |tunnel| {
-            let (client, server) = paths.pods(&bed, tunnel);
+        report.echo = paired_latency(args, pids, |tunnel| {
+            let (client, server) = paths.pods(bed, tunnel);
             let measure = measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000);
             async move { measure::on_own_runtime(measure) }
         })
@@ -104,38 +124,43 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.wants("connect") {
         println!("new connections…");
-        report.connect = paired_latency(&args, pids, |tunnel| {
-            let (client, server) = paths.pods(&bed, tunnel);
+        report.connect = paired_latency(args, pids, |tunnel| {
+            let (client, server) = paths.pods(bed, tunnel);
             let measure = measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000);
             async move { measure::on_own_runtime(measure) }
         })
         .await?;
     }
-    let http_runs: Vec<(&str, Vec<&str>)> = if args.wants("http") {
-        vec![
-            ("fixed", vec!["-c", "8", "-q", "2000"]),
-            ("max", vec!["-c", "16"]),
-            ("new_connections", vec!["-c", "16", "--disable-keepalive"]),
-        ]
-    } else {
-        Vec::new()
-    };
-    for (name, flags) in http_runs {
+    Ok(())
+}
+
+/// 1 KB HTTP with oha: at a fixed rate, at maximum rate, and a new
+/// connection per request.
+async fn measure_http(
+    args: &Args,
+    pids: [u32; 2],
+    bed: &Standard,
+    paths: &Paths,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if !args.wants("http") {
+        return Ok(());
+    }
+    let runs: [(&str, &[&str]); 3] = [
+        ("fixed", &["-c", "8", "-q", "2000"]),
+        ("max", &["-c", "16"]),
+        ("new_connections", &["-c", "16", "--disable-keepalive"]),
+    ];
+    for (name, flags) in runs {
         println!("1 KB HTTP, {name}…");
-        let load = paired_load(&args, pids, |tunnel| {
-            let (client, _) = paths.pods(&bed, tunnel);
+        let load = paired_load(args, pids, |tunnel| {
+            let (client, _) = paths.pods(bed, tunnel);
             let url = format!("http://{}/", paths.http(tunnel));
-            let flags = flags.clone();
-            async move { measure::oha(&client.netns, &url, args.seconds, &flags).await }
+            async move { measure::oha(&client.netns, &url, args.seconds, flags).await }
         })
         .await?;
         report.http.push((name, load));
     }
-    report.rss = pids.map(procstat::rss_mib);
-    let markdown = report.markdown(&machine());
-    println!("\n{markdown}");
-    report::write_section(&args.output, &markdown)?;
-    println!("written to {}", args.output.display());
     Ok(())
 }
 

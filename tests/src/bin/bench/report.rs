@@ -33,6 +33,11 @@ fn micros(d: Duration) -> f64 {
 }
 
 impl<T> Pair<T> {
+    /// Not measured in this run (`--only` left it out).
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty()
+    }
+
     fn medians(&self, f: impl Fn(&T) -> f64) -> (f64, f64) {
         (median(self.direct.iter().map(&f)), median(self.tunnel.iter().map(&f)))
     }
@@ -63,65 +68,24 @@ impl Report {
 
     pub fn markdown(&self, machine: &str) -> String {
         let mut rows = Vec::new();
-        let (d, t) = self.throughput.medians(|g| *g);
-        let ratio = t / d.max(1e-9);
-        rows.push(row(
-            "Single-stream throughput (iperf3)",
-            &format!("{d:.2} Gbit/s"),
-            &format!("{t:.2} Gbit/s"),
-            &format!("{ratio:.2}×"),
-            "≥ 0.38×",
-            ratio >= 0.38,
-            &self.throughput.cpu(),
-        ));
-        for (name, pick) in [("p50", 0), ("p99", 1)] {
-            let get = |l: &Latency| micros(if pick == 0 { l.p50 } else { l.p99 });
-            let (d, t) = self.echo.medians(get);
-            let (target, met) =
-                if pick == 0 { ("≤ +35 µs (0.7 × 50; 0.7 × 86 = 60)", t - d <= 35.0) } else { ("", true) };
-            rows.push(row(
-                &format!("64 B echo, one connection, {name}"),
-                &format!("{d:.0} µs"),
-                &format!("{t:.0} µs"),
-                &format!("+{:.0} µs", t - d),
-                target,
-                met,
-                &self.echo.cpu(),
+        if !self.throughput.is_empty() {
+            rows.push(self.throughput_row());
+        }
+        if !self.echo.is_empty() {
+            rows.extend(latency_rows(
+                &self.echo,
+                "64 B echo, one connection",
+                ("≤ +35 µs (0.7 × 50; 0.7 × 86 = 60)", 35.0),
             ));
         }
-        for (name, pick) in [("p50", 0), ("p99", 1)] {
-            let get = |l: &Latency| micros(if pick == 0 { l.p50 } else { l.p99 });
-            let (d, t) = self.connect.medians(get);
-            let (target, met) = if pick == 0 { ("≤ +301 µs (0.7 × 430)", t - d <= 301.0) } else { ("", true) };
-            rows.push(row(
-                &format!("New connection + first 64 B round trip (warm pool), {name}"),
-                &format!("{d:.0} µs"),
-                &format!("{t:.0} µs"),
-                &format!("+{:.0} µs", t - d),
-                target,
-                met,
-                &self.connect.cpu(),
+        if !self.connect.is_empty() {
+            rows.extend(latency_rows(
+                &self.connect,
+                "New connection + first 64 B round trip (warm pool)",
+                ("≤ +301 µs (0.7 × 430)", 301.0),
             ));
         }
-        for (name, pair) in &self.http {
-            let title = match *name {
-                "fixed" => "1 KB HTTP at 2,000 req/s (8 connections)",
-                "max" => "1 KB HTTP at maximum rate (16 connections)",
-                _ => "1 KB HTTP, a new connection per request (16 at a time)",
-            };
-            let (drps, trps) = pair.medians(|l| l.rps);
-            let (d50, t50) = pair.medians(|l| micros(l.latency.p50));
-            let (d99, t99) = pair.medians(|l| micros(l.latency.p99));
-            rows.push(row(
-                title,
-                &format!("{drps:.0} req/s, p50 {d50:.0} µs, p99 {d99:.0} µs"),
-                &format!("{trps:.0} req/s, p50 {t50:.0} µs, p99 {t99:.0} µs"),
-                &format!("{:.2}× req/s, +{:.0} µs p50", trps / drps.max(1e-9), t50 - d50),
-                "",
-                true,
-                &pair.cpu(),
-            ));
-        }
+        rows.extend(self.http.iter().map(|(name, pair)| http_row(name, pair)));
         let [(r1, h1), (r2, h2)] = self.rss;
         format!(
             "<!-- bench:l4 -->\n## L4: ztunnel vs direct\n\n\
@@ -138,6 +102,58 @@ impl Report {
             runs = self.runs,
         )
     }
+
+    fn throughput_row(&self) -> String {
+        let (d, t) = self.throughput.medians(|g| *g);
+        let ratio = t / d.max(1e-9);
+        row(
+            "Single-stream throughput (iperf3)",
+            &format!("{d:.2} Gbit/s"),
+            &format!("{t:.2} Gbit/s"),
+            &format!("{ratio:.2}×"),
+            "≥ 0.38×",
+            ratio >= 0.38,
+            &self.throughput.cpu(),
+        )
+    }
+}
+
+/// p50 (scored against `target`: its text and the most added µs it allows)
+/// and p99 rows of a latency measurement.
+fn latency_rows(pair: &Pair<Latency>, title: &str, target: (&str, f64)) -> [String; 2] {
+    [("p50", true), ("p99", false)].map(|(name, scored)| {
+        let (d, t) = pair.medians(|l| micros(if scored { l.p50 } else { l.p99 }));
+        let (text, met) = if scored { (target.0, t - d <= target.1) } else { ("", true) };
+        row(
+            &format!("{title}, {name}"),
+            &format!("{d:.0} µs"),
+            &format!("{t:.0} µs"),
+            &format!("+{:.0} µs", t - d),
+            text,
+            met,
+            &pair.cpu(),
+        )
+    })
+}
+
+fn http_row(name: &str, pair: &Pair<Load>) -> String {
+    let title = match name {
+        "fixed" => "1 KB HTTP at 2,000 req/s (8 connections)",
+        "max" => "1 KB HTTP at maximum rate (16 connections)",
+        _ => "1 KB HTTP, a new connection per request (16 at a time)",
+    };
+    let (drps, trps) = pair.medians(|l| l.rps);
+    let (d50, t50) = pair.medians(|l| micros(l.latency.p50));
+    let (d99, t99) = pair.medians(|l| micros(l.latency.p99));
+    row(
+        title,
+        &format!("{drps:.0} req/s, p50 {d50:.0} µs, p99 {d99:.0} µs"),
+        &format!("{trps:.0} req/s, p50 {t50:.0} µs, p99 {t99:.0} µs"),
+        &format!("{:.2}× req/s, +{:.0} µs p50", trps / drps.max(1e-9), t50 - d50),
+        "",
+        true,
+        &pair.cpu(),
+    )
 }
 
 fn row(measure: &str, direct: &str, tunnel: &str, versus: &str, target: &str, met: bool, cpu: &str) -> String {
