@@ -70,7 +70,7 @@ impl Inbound {
     }
 }
 
-async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
+pub(super) async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
     let Ok(arrived) = tcp.local_addr() else { return };
     // Small frames (HEADERS, WINDOW_UPDATE) must not wait for the peer's
     // delayed ACK behind Nagle: that costs 40 ms a time.
@@ -104,7 +104,7 @@ async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketA
     }
 }
 
-async fn handle_stream(
+pub(super) async fn handle_stream(
     ctx: Arc<ProxyContext>,
     arrived: SocketAddr,
     tcp_peer: SocketAddr,

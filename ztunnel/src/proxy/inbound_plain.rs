@@ -49,7 +49,7 @@ impl InboundPlain {
     }
 }
 
-async fn handle(ctx: Arc<ProxyContext>, mut downstream: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(ctx: Arc<ProxyContext>, mut downstream: TcpStream, peer: SocketAddr) {
     let Ok(dst) = downstream.local_addr() else { return };
     let _ = downstream.set_nodelay(true);
     let span = info_span!("inbound_plaintext", id = ctx.connection_id(), src = %peer, dst = %dst);

@@ -106,3 +106,50 @@ impl ProxyContext {
 pub fn local_enrolled<'a>(snapshot: &'a Snapshot, node: &str, ip: IpAddr) -> Option<&'a Workload> {
     snapshot.workload_by_ip(ip).filter(|w| w.node == node && snapshot.is_enrolled(w))
 }
+
+#[cfg(test)]
+mod future_sizes {
+    //! Each connection's handler future lives on the heap for as long as the
+    //! connection, so its size is memory per connection. These budgets catch
+    //! a change that inlines a large buffer or a big nested future into one.
+    //! (A tunnel's streams share one TLS connection, hence the larger
+    //! budget for that handler: it holds the handshake and the h2 server.)
+
+    use std::mem::size_of;
+
+    /// The size of the future `handler` returns, without calling it.
+    fn future_size<Args, F: Handler<Args>>(_handler: F) -> usize {
+        size_of::<F::Future>()
+    }
+
+    trait Handler<Args> {
+        type Future;
+    }
+
+    macro_rules! handler {
+        ($($arg:ident),*) => {
+            impl<F, Fut, $($arg),*> Handler<($($arg,)*)> for F
+            where
+                F: Fn($($arg),*) -> Fut,
+            {
+                type Future = Fut;
+            }
+        };
+    }
+    handler!(A, B, C);
+    handler!(A, B, C, D);
+    handler!(A, B, C, D, E, G);
+
+    #[test]
+    fn per_connection_futures_stay_small() {
+        let sizes = [
+            ("outbound connection", future_size(super::outbound::handle), 3 * 1024),
+            ("inbound plaintext connection", future_size(super::inbound_plain::handle), 3 * 1024),
+            ("inbound HBONE stream", future_size(super::inbound::handle_stream), 3 * 1024),
+            ("inbound HBONE connection", future_size(super::inbound::handle_connection), 10 * 1024),
+        ];
+        for (what, size, budget) in sizes {
+            assert!(size <= budget, "{what} handler future is {size} bytes, over its {budget}-byte budget");
+        }
+    }
+}

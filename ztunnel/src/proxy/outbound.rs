@@ -76,7 +76,7 @@ struct HboneRoute {
     peer: PeerInfo,
 }
 
-async fn handle(ctx: Arc<ProxyContext>, downstream: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(ctx: Arc<ProxyContext>, downstream: TcpStream, peer: SocketAddr) {
     let Ok(orig_dst) = downstream.local_addr() else { return };
     let span = info_span!("outbound", id = ctx.connection_id(), src = %peer, dst = %orig_dst);
     async move {
