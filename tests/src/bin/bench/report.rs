@@ -28,6 +28,10 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+fn ratio(direct: f64, tunnel: f64) -> f64 {
+    tunnel / direct.max(1e-9)
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -40,6 +44,13 @@ impl<T> Pair<T> {
 
     fn medians(&self, f: impl Fn(&T) -> f64) -> (f64, f64) {
         (median(self.direct.iter().map(&f)), median(self.tunnel.iter().map(&f)))
+    }
+
+    /// The median, over runs, of `compare(direct, tunnel)` within each run.
+    /// Each run's two sides are measured back to back, so comparing inside a
+    /// run cancels most of the machine's drift between runs.
+    fn paired_median(&self, f: impl Fn(&T) -> f64, compare: impl Fn(f64, f64) -> f64) -> f64 {
+        median(self.direct.iter().zip(&self.tunnel).map(|(d, t)| compare(f(d), f(t))))
     }
 
     fn cpu(&self) -> String {
@@ -91,7 +102,8 @@ impl Report {
             "<!-- bench:l4 -->\n## L4: ztunnel vs direct\n\n\
              `cargo xtask bench l4`, release build, {machine}. Direct is pod to pod across nodes without the mesh;\n\
              \"through ambit\" is the same pair of nodes with both pods enrolled (HBONE over mTLS). Each figure is the\n\
-             median of {runs} alternating runs; ratios and differences compare with direct measured in the same run.\n\
+             median of {runs} alternating runs. Ratios and differences are the median of each run's tunnel against the\n\
+             direct run just before it.\n\
              CPU columns: each node's ztunnel in cores during the tunnel runs, and the machine's busy cores (which\n\
              include eBPF and softirq work that no process is charged for).\n\n\
              | measure | direct | through ambit | vs direct | target | met | ztunnel CPU (node1 + node2) \\| busy cores |\n\
@@ -105,7 +117,7 @@ impl Report {
 
     fn throughput_row(&self) -> String {
         let (d, t) = self.throughput.medians(|g| *g);
-        let ratio = t / d.max(1e-9);
+        let ratio = self.throughput.paired_median(|g| *g, ratio);
         row(
             "Single-stream throughput (iperf3)",
             &format!("{d:.2} Gbit/s"),
@@ -122,13 +134,15 @@ impl Report {
 /// and p99 rows of a latency measurement.
 fn latency_rows(pair: &Pair<Latency>, title: &str, target: (&str, f64)) -> [String; 2] {
     [("p50", true), ("p99", false)].map(|(name, scored)| {
-        let (d, t) = pair.medians(|l| micros(if scored { l.p50 } else { l.p99 }));
-        let (text, met) = if scored { (target.0, t - d <= target.1) } else { ("", true) };
+        let pick = |l: &Latency| micros(if scored { l.p50 } else { l.p99 });
+        let (d, t) = pair.medians(pick);
+        let added = pair.paired_median(pick, |d, t| t - d);
+        let (text, met) = if scored { (target.0, added <= target.1) } else { ("", true) };
         row(
             &format!("{title}, {name}"),
             &format!("{d:.0} µs"),
             &format!("{t:.0} µs"),
-            &format!("+{:.0} µs", t - d),
+            &format!("+{added:.0} µs"),
             text,
             met,
             &pair.cpu(),
@@ -149,7 +163,11 @@ fn http_row(name: &str, pair: &Pair<Load>) -> String {
         title,
         &format!("{drps:.0} req/s, p50 {d50:.0} µs, p99 {d99:.0} µs"),
         &format!("{trps:.0} req/s, p50 {t50:.0} µs, p99 {t99:.0} µs"),
-        &format!("{:.2}× req/s, +{:.0} µs p50", trps / drps.max(1e-9), t50 - d50),
+        &format!(
+            "{:.2}× req/s, +{:.0} µs p50",
+            pair.paired_median(|l| l.rps, ratio),
+            pair.paired_median(|l| micros(l.latency.p50), |d, t| t - d)
+        ),
         "",
         true,
         &pair.cpu(),
