@@ -31,10 +31,10 @@ use tracing::{Instrument as _, info_span};
 
 use super::connections::Tracked;
 use super::listener::Listener;
-use super::record::{Record, peer_labels};
+use super::record::Record;
 use super::relay::{RelayEnd, relay, relay_tunnel};
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
-use crate::metrics::{ConnectionLabels, POLICY_CLOSED};
+use crate::metrics::POLICY_CLOSED;
 
 /// A client that opens TCP but never finishes TLS is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,19 +166,7 @@ fn admit<'s>(
     let Some(destination) = local_enrolled(snapshot, &ctx.node, authority.ip()) else {
         return Err((StatusCode::SERVICE_UNAVAILABLE, ProxyError::UnknownDestination(authority.ip())));
     };
-    let source = snapshot.workload_by_ip(record.src.ip());
-    record.src_workload = source.map(Workload::qualified_name);
-    record.dst_workload = Some(destination.qualified_name());
-    record.dst_identity = Some(destination.identity(&ctx.trust_domain));
-    let service = snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
-    record.dst_service = service.as_ref().map(|s| s.0.clone());
-    record.open_metrics(ConnectionLabels {
-        reporter: "destination",
-        source: peer_labels(source, record.src_identity.as_ref()),
-        destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
-        service,
-        security_policy: "mutual_tls",
-    });
+    record.open_at_destination(snapshot, destination, &ctx.trust_domain, "mutual_tls");
     let info = ConnectionInfo {
         src_identity: record.src_identity.as_ref(),
         src_ip: record.src.ip(),

@@ -20,9 +20,8 @@ use tracing::{Instrument as _, info_span};
 use super::connections::Tracked;
 use super::inbound::{Downstream, connect_local, relay_tracked};
 use super::listener::Listener;
-use super::record::{Record, peer_labels};
+use super::record::Record;
 use super::{ProxyContext, ProxyError, local_enrolled, socket};
-use crate::metrics::ConnectionLabels;
 
 #[derive(Debug)]
 pub struct InboundPlain {
@@ -70,19 +69,7 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
     let current = ctx.state.current();
     let snapshot = &current.snapshot;
     let destination = local_enrolled(snapshot, &ctx.node, dst.ip()).ok_or(ProxyError::UnknownDestination(dst.ip()))?;
-    let source = snapshot.workload_by_ip(peer.ip());
-    record.src_workload = source.map(mesh::config::Workload::qualified_name);
-    record.dst_workload = Some(destination.qualified_name());
-    record.dst_identity = Some(destination.identity(&ctx.trust_domain));
-    let service = snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
-    record.dst_service = service.as_ref().map(|s| s.0.clone());
-    record.open_metrics(ConnectionLabels {
-        reporter: "destination",
-        source: peer_labels(source, None),
-        destination: peer_labels(Some(destination), record.dst_identity.as_ref()),
-        service,
-        security_policy: "unknown",
-    });
+    record.open_at_destination(snapshot, destination, &ctx.trust_domain, "unknown");
     let authorizer = snapshot.authorizer();
     if !authorizer.plaintext_allowed(destination, dst.port()) {
         return Err(ProxyError::PlaintextRefused(dst.port()));

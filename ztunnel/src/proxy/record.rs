@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mesh::config::Workload;
+use mesh::config::{Snapshot, Workload};
 use mesh::identity::Identity;
 use tracing::info;
 
@@ -55,6 +55,33 @@ impl Record {
     /// Opens the connection's metrics, labelled with what is known now.
     pub fn open_metrics(&mut self, labels: ConnectionLabels) {
         self.metrics = Some(ConnectionMetrics::open(self.direction, labels));
+    }
+
+    /// The destination side's view, once the local pod `destination` is
+    /// known: both workloads, the destination's identity and service, and
+    /// the metrics (`security_policy`: `mutual_tls` or `unknown`). The source
+    /// identity is whatever the caller proved (`src_identity`), if anything.
+    pub fn open_at_destination(
+        &mut self,
+        snapshot: &Snapshot,
+        destination: &Workload,
+        trust_domain: &str,
+        security_policy: &'static str,
+    ) {
+        let source = snapshot.workload_by_ip(self.src.ip());
+        self.src_workload = source.map(Workload::qualified_name);
+        self.dst_workload = Some(destination.qualified_name());
+        self.dst_identity = Some(destination.identity(trust_domain));
+        let service =
+            snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
+        self.dst_service = service.as_ref().map(|s| s.0.clone());
+        self.open_metrics(ConnectionLabels {
+            reporter: "destination",
+            source: peer_labels(source, self.src_identity.as_ref()),
+            destination: peer_labels(Some(destination), self.dst_identity.as_ref()),
+            service,
+            security_policy,
+        });
     }
 
     /// Live byte counters; a no-op pair if metrics were never opened.

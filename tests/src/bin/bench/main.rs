@@ -14,6 +14,7 @@ mod report;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use ambit_tests::netns::Netns;
 use ambit_tests::sample::exchange;
 use ambit_tests::sample_http::HttpResponder;
 use ambit_tests::topology::{APP_PORT, Standard};
@@ -115,21 +116,13 @@ async fn measure_tcp(
     }
     if args.wants("echo") {
         println!("64 B echo latency…");
-        report.echo = paired_latency(args, pids, |tunnel| {
-            let (client, server) = paths.pods(bed, tunnel);
-            let measure = measure::echo_latency(&client.netns, server.addr(APP_PORT), 64, 20_000);
-            async move { measure::on_own_runtime(measure) }
-        })
-        .await?;
+        report.echo =
+            paired_client(args, pids, bed, paths, |client, dst| measure::echo_latency(client, dst, 64, 20_000)).await?;
     }
     if args.wants("connect") {
         println!("new connections…");
-        report.connect = paired_latency(args, pids, |tunnel| {
-            let (client, server) = paths.pods(bed, tunnel);
-            let measure = measure::connect_latency(&client.netns, server.addr(APP_PORT), 2_000);
-            async move { measure::on_own_runtime(measure) }
-        })
-        .await?;
+        report.connect =
+            paired_client(args, pids, bed, paths, |client, dst| measure::connect_latency(client, dst, 2_000)).await?;
     }
     Ok(())
 }
@@ -212,12 +205,25 @@ where
     Ok(pair)
 }
 
-async fn paired_latency<F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<Latency>>
+/// A latency client (`measure` from a pod's namespace to the server's app
+/// port), on a runtime of its own, paired as [`paired`] does.
+async fn paired_client<'a, M, Fut>(
+    args: &Args,
+    pids: [u32; 2],
+    bed: &'a Standard,
+    paths: &Paths,
+    measure: M,
+) -> anyhow::Result<Pair<Latency>>
 where
-    F: Fn(bool) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Latency>>,
+    M: Fn(&'a Netns, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Latency>> + Send,
 {
-    paired(args, pids, measure).await
+    paired(args, pids, |tunnel| {
+        let (client, server) = paths.pods(bed, tunnel);
+        let run = measure(&client.netns, server.addr(APP_PORT));
+        async move { measure::on_own_runtime(run) }
+    })
+    .await
 }
 
 async fn paired_load<F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<Load>>
