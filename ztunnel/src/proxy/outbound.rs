@@ -108,20 +108,7 @@ fn resolve(
     if ctx.is_own_address(orig_dst) {
         return Err(ProxyError::SelfTarget(orig_dst));
     }
-    let mut service = None;
-    let upstream_addr = if snapshot.is_vip(orig_dst.ip()) {
-        let target = snapshot
-            .service_target(orig_dst.ip(), orig_dst.port())
-            .ok_or(ProxyError::UnknownServicePort { vip: orig_dst.ip(), port: orig_dst.port() })?;
-        let s = target.service;
-        record.dst_service = Some(s.hostname());
-        service = Some((s.hostname(), s.name.clone(), s.namespace.clone()));
-        target
-            .pick_endpoint(orig_dst.ip())
-            .ok_or_else(|| ProxyError::NoEndpoints { service: format!("{}/{}", s.namespace, s.name) })?
-    } else {
-        orig_dst
-    };
+    let (upstream_addr, service) = resolve_vip(snapshot, orig_dst, record)?;
     record.upstream = Some(upstream_addr);
     let destination = snapshot.workload_by_ip(upstream_addr.ip());
     record.dst_workload = destination.map(Workload::qualified_name);
@@ -152,11 +139,35 @@ fn resolve(
     Ok(Upstream::Plain { addr: upstream_addr, source: spoof.then_some(peer.ip()) })
 }
 
+/// Service labels: hostname, name and namespace.
+type ServiceLabels = (String, String, String);
+
+/// A service VIP's port becomes one of its endpoints, and the record names the
+/// service; any other destination stays as it is.
+fn resolve_vip(
+    snapshot: &Snapshot,
+    orig_dst: SocketAddr,
+    record: &mut Record,
+) -> Result<(SocketAddr, Option<ServiceLabels>), ProxyError> {
+    if !snapshot.is_vip(orig_dst.ip()) {
+        return Ok((orig_dst, None));
+    }
+    let target = snapshot
+        .service_target(orig_dst.ip(), orig_dst.port())
+        .ok_or(ProxyError::UnknownServicePort { vip: orig_dst.ip(), port: orig_dst.port() })?;
+    let s = target.service;
+    record.dst_service = Some(s.hostname());
+    let endpoint = target
+        .pick_endpoint(orig_dst.ip())
+        .ok_or_else(|| ProxyError::NoEndpoints { service: format!("{}/{}", s.namespace, s.name) })?;
+    Ok((endpoint, Some((s.hostname(), s.name.clone(), s.namespace.clone()))))
+}
+
 fn labels(
     source: Option<&Workload>,
     destination: Option<&Workload>,
     record: &Record,
-    service: Option<(String, String, String)>,
+    service: Option<ServiceLabels>,
     security_policy: &'static str,
 ) -> ConnectionLabels {
     ConnectionLabels {
