@@ -73,9 +73,10 @@ async fn main() -> anyhow::Result<()> {
         return print_echo_pairs(&bed, &args.echo_pairs).await;
     }
     let pids = [bed.cluster.ztunnel(0).pid().unwrap_or(0), bed.cluster.ztunnel(1).pid().unwrap_or(0)];
+    let session = Session { args: &args, pids, bed: &bed, paths };
     let mut report = Report::new(args.runs);
-    measure_tcp(&args, pids, &bed, &paths, &mut report).await?;
-    measure_http(&args, pids, &bed, &paths, &mut report).await?;
+    measure_tcp(&session, &mut report).await?;
+    measure_http(&session, &mut report).await?;
     report.rss = pids.map(procstat::rss_mib);
     let markdown = report.markdown(&machine());
     println!("\n{markdown}");
@@ -98,44 +99,33 @@ async fn print_echo_pairs(bed: &Standard, pairs: &[String]) -> anyhow::Result<()
 }
 
 /// Throughput, echo and new connections, as `--only` asks.
-async fn measure_tcp(
-    args: &Args,
-    pids: [u32; 2],
-    bed: &Standard,
-    paths: &Paths,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+async fn measure_tcp(session: &Session<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let args = session.args;
     if args.wants("throughput") {
         println!("throughput (iperf3, {} s per run)…", args.seconds);
-        report.throughput = paired(args, pids, |tunnel| {
-            let (client, server) = paths.pods(bed, tunnel);
-            async move { measure::iperf(&client.netns, &server.netns, IpAddr::V4(server.ip), args.seconds).await }
-        })
-        .await?;
+        report.throughput = session
+            .paired(|tunnel| {
+                let (client, server) = session.pods(tunnel);
+                async move { measure::iperf(&client.netns, &server.netns, IpAddr::V4(server.ip), args.seconds).await }
+            })
+            .await?;
         println!("  {:?} vs {:?} Gbit/s", report.throughput.direct, report.throughput.tunnel);
     }
     if args.wants("echo") {
         println!("64 B echo latency…");
-        report.echo =
-            paired_client(args, pids, bed, paths, |client, dst| measure::echo_latency(client, dst, 64, 20_000)).await?;
+        report.echo = session.paired_client(|client, dst| measure::echo_latency(client, dst, 64, 20_000)).await?;
     }
     if args.wants("connect") {
         println!("new connections…");
-        report.connect =
-            paired_client(args, pids, bed, paths, |client, dst| measure::connect_latency(client, dst, 2_000)).await?;
+        report.connect = session.paired_client(|client, dst| measure::connect_latency(client, dst, 2_000)).await?;
     }
     Ok(())
 }
 
 /// 1 KB HTTP with oha: at a fixed rate, at maximum rate, and a new
 /// connection per request.
-async fn measure_http(
-    args: &Args,
-    pids: [u32; 2],
-    bed: &Standard,
-    paths: &Paths,
-    report: &mut Report,
-) -> anyhow::Result<()> {
+async fn measure_http(session: &Session<'_>, report: &mut Report) -> anyhow::Result<()> {
+    let args = session.args;
     if !args.wants("http") {
         return Ok(());
     }
@@ -146,12 +136,13 @@ async fn measure_http(
     ];
     for (name, flags) in runs {
         println!("1 KB HTTP, {name}…");
-        let load = paired_load(args, pids, |tunnel| {
-            let (client, _) = paths.pods(bed, tunnel);
-            let url = format!("http://{}/", paths.http(tunnel));
-            async move { measure::oha(&client.netns, &url, args.seconds, flags).await }
-        })
-        .await?;
+        let load: Pair<Load> = session
+            .paired(|tunnel| {
+                let (client, _) = session.pods(tunnel);
+                let url = format!("http://{}/", session.paths.http(tunnel));
+                async move { measure::oha(&client.netns, &url, args.seconds, flags).await }
+            })
+            .await?;
         report.http.push((name, load));
     }
     Ok(())
@@ -188,50 +179,51 @@ impl Paths {
     }
 }
 
-/// Runs `measure` for direct and tunnel, alternating, `runs` times each,
-/// recording the agents' CPU during the tunnel runs.
-async fn paired<T, F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<T>>
-where
-    F: Fn(bool) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut pair = Pair::default();
-    for _ in 0..args.runs {
-        pair.direct.push(measure(false).await?);
-        let before = procstat::sample(pids);
-        pair.tunnel.push(measure(true).await?);
-        pair.usage.push(procstat::usage(&before, &procstat::sample(pids)));
-    }
-    Ok(pair)
-}
-
-/// A latency client (`measure` from a pod's namespace to the server's app
-/// port), on a runtime of its own, paired as [`paired`] does.
-async fn paired_client<'a, M, Fut>(
-    args: &Args,
+/// What every paired measurement needs: the options, the agents to sample,
+/// and the test bed with its two paths.
+struct Session<'a> {
+    args: &'a Args,
     pids: [u32; 2],
     bed: &'a Standard,
-    paths: &Paths,
-    measure: M,
-) -> anyhow::Result<Pair<Latency>>
-where
-    M: Fn(&'a Netns, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Latency>> + Send,
-{
-    paired(args, pids, |tunnel| {
-        let (client, server) = paths.pods(bed, tunnel);
-        let run = measure(&client.netns, server.addr(APP_PORT));
-        async move { measure::on_own_runtime(run) }
-    })
-    .await
+    paths: Paths,
 }
 
-async fn paired_load<F, Fut>(args: &Args, pids: [u32; 2], measure: F) -> anyhow::Result<Pair<Load>>
-where
-    F: Fn(bool) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Load>>,
-{
-    paired(args, pids, measure).await
+impl<'a> Session<'a> {
+    fn pods(&self, tunnel: bool) -> (&'a ambit_tests::cluster::Pod, &'a ambit_tests::cluster::Pod) {
+        self.paths.pods(self.bed, tunnel)
+    }
+
+    /// Runs `measure` for direct and tunnel, alternating, `runs` times each,
+    /// recording the agents' CPU during the tunnel runs.
+    async fn paired<T, F, Fut>(&self, measure: F) -> anyhow::Result<Pair<T>>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let mut pair = Pair::default();
+        for _ in 0..self.args.runs {
+            pair.direct.push(measure(false).await?);
+            let before = procstat::sample(self.pids);
+            pair.tunnel.push(measure(true).await?);
+            pair.usage.push(procstat::usage(&before, &procstat::sample(self.pids)));
+        }
+        Ok(pair)
+    }
+
+    /// A latency client (`measure` from a pod's namespace to the server's app
+    /// port), on a runtime of its own, paired as [`Session::paired`] does.
+    async fn paired_client<M, Fut>(&self, measure: M) -> anyhow::Result<Pair<Latency>>
+    where
+        M: Fn(&'a Netns, SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Latency>> + Send,
+    {
+        self.paired(|tunnel| {
+            let (client, server) = self.pods(tunnel);
+            let run = measure(&client.netns, server.addr(APP_PORT));
+            async move { measure::on_own_runtime(run) }
+        })
+        .await
+    }
 }
 
 fn machine() -> String {
