@@ -65,6 +65,13 @@ pub struct PeerLabels {
     pub canonical_revision: Option<String>,
 }
 
+/// A service's hostname, name and namespace, as metrics label it.
+pub type ServiceLabels = (String, String, String);
+
+pub fn service_labels(service: &mesh::config::Service) -> ServiceLabels {
+    (service.hostname(), service.name.clone(), service.namespace.clone())
+}
+
 /// Everything a connection's metrics are labelled with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnectionLabels {
@@ -72,8 +79,8 @@ pub struct ConnectionLabels {
     pub reporter: &'static str,
     pub source: PeerLabels,
     pub destination: PeerLabels,
-    /// Service hostname, name and namespace, when the client addressed one.
-    pub service: Option<(String, String, String)>,
+    /// The service, when the client addressed one.
+    pub service: Option<ServiceLabels>,
     /// `mutual_tls` or `unknown`.
     pub security_policy: &'static str,
 }

@@ -30,7 +30,7 @@ use super::listener::Listener;
 use super::record::{Record, peer_labels};
 use super::relay::{RelayEnd, relay, relay_opening};
 use super::{ProxyContext, ProxyError, hbone_dial, socket};
-use crate::metrics::ConnectionLabels;
+use crate::metrics::{ConnectionLabels, ServiceLabels, service_labels};
 
 #[derive(Debug)]
 pub struct Outbound {
@@ -139,9 +139,6 @@ fn resolve(
     Ok(Upstream::Plain { addr: upstream_addr, source: spoof.then_some(peer.ip()) })
 }
 
-/// Service labels: hostname, name and namespace.
-type ServiceLabels = (String, String, String);
-
 /// A service VIP's port becomes one of its endpoints, and the record names the
 /// service; any other destination stays as it is.
 fn resolve_vip(
@@ -160,7 +157,7 @@ fn resolve_vip(
     let endpoint = target
         .pick_endpoint(orig_dst.ip())
         .ok_or_else(|| ProxyError::NoEndpoints { service: format!("{}/{}", s.namespace, s.name) })?;
-    Ok((endpoint, Some((s.hostname(), s.name.clone(), s.namespace.clone()))))
+    Ok((endpoint, Some(service_labels(s))))
 }
 
 fn labels(

@@ -72,8 +72,7 @@ impl Record {
         self.src_workload = source.map(Workload::qualified_name);
         self.dst_workload = Some(destination.qualified_name());
         self.dst_identity = Some(destination.identity(trust_domain));
-        let service =
-            snapshot.services_of(destination).next().map(|s| (s.hostname(), s.name.clone(), s.namespace.clone()));
+        let service = snapshot.services_of(destination).next().map(crate::metrics::service_labels);
         self.dst_service = service.as_ref().map(|s| s.0.clone());
         self.open_metrics(ConnectionLabels {
             reporter: "destination",
