@@ -2,21 +2,34 @@
 //! metrics). Same shape as every listener: [`HttpServer::new`] binds and
 //! fails fast, [`HttpServer::address`] reports where, [`HttpServer::run`]
 //! serves until drained.
+//!
+//! Bounded like the data path: a request's headers must arrive within
+//! [`HEADER_READ_TIMEOUT`], a keep-alive connection is closed (after its
+//! request in flight) once it is [`MAX_CONNECTION_AGE`] old, and at most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed at once). A
+//! scraper or probe needs one.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
 use crate::drain::Drain;
+use crate::tcp::TcpOptions;
+
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+pub const MAX_CONNECTIONS: usize = 64;
 
 pub type Request = hyper::Request<Incoming>;
 pub type Response = hyper::Response<Full<Bytes>>;
@@ -63,12 +76,18 @@ impl HttpServer {
     {
         info!(listener = self.name, address = %self.address(), "listening");
         let handler = Arc::new(handler);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
                 () = drain.signaled() => break,
                 accepted = self.listener.accept() => accepted,
             };
             let Ok((stream, peer)) = accepted else { continue };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!(listener = self.name, %peer, "too many connections; closing this one");
+                continue;
+            };
+            let _ = TcpOptions::default().apply(&stream);
             let handler = handler.clone();
             let name = self.name;
             let conn_drain = drain.clone();
@@ -77,16 +96,25 @@ impl HttpServer {
                     let response = handler(req);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                // Keep-alive connections would otherwise hold the drain open.
+                // Keep-alive connections would otherwise hold the drain open,
+                // or a slot for as long as the client likes.
                 let result = tokio::select! {
                     result = conn.as_mut() => result,
                     () = conn_drain.signaled() => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
                     }
+                    () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 };
+                drop(slot);
                 if let Err(error) = result {
                     debug!(listener = name, %peer, %error, "http connection ended with error");
                 }

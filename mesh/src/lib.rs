@@ -1,6 +1,7 @@
 //! ambit's shared library: the vocabulary that ztunnel, the waypoint and the
 //! controller all speak. No eBPF and no Kubernetes client live here.
 //!
+//! * [`admission`]: how many connections a listener holds, in all and per peer.
 //! * [`config`]: the mesh config model (workloads, services, namespaces), its
 //!   YAML form, validation and lookup index.
 //! * [`control`]: the protocol agents speak with the controller (config
@@ -9,8 +10,10 @@
 //! * [`http_server`]: the small HTTP/1 server behind readiness, admin and
 //!   metrics endpoints.
 //! * [`json_log`]: the JSON log-line format every binary writes.
+//! * [`tcp`]: the socket options every TCP connection carries.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod authz;
 pub mod ca;
 pub mod config;
@@ -21,4 +24,5 @@ pub mod hbone;
 pub mod http_server;
 pub mod identity;
 pub mod json_log;
+pub mod tcp;
 pub mod tls;
