@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -79,15 +80,20 @@ impl Connection {
             .map_err(|e| HboneError::Request(e.to_string()))?;
         *request.headers_mut() = headers;
         let (response, stream) = send.send_request(request, false)?;
-        Ok(PendingStream { send: stream, response, guard: None })
+        Ok(PendingStream { send: stream, response, guard: None, answer_timeout: DEFAULT_ANSWER_TIMEOUT })
     }
 }
+
+/// How long a CONNECT may wait for its answer unless the caller says
+/// otherwise: the server connects to the destination before answering.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A CONNECT whose answer has not arrived yet. Data may already be sent.
 pub struct PendingStream {
     pub(super) send: h2::SendStream<Bytes>,
     pub(super) response: h2::client::ResponseFuture,
     pub(super) guard: Option<Box<dyn Send + Sync>>,
+    pub(super) answer_timeout: Duration,
 }
 
 impl std::fmt::Debug for PendingStream {
@@ -103,9 +109,26 @@ impl PendingStream {
         self
     }
 
+    /// Bounds the wait for the answer.
+    pub fn with_answer_timeout(mut self, timeout: Duration) -> Self {
+        self.answer_timeout = timeout;
+        self
+    }
+
+    /// The answer, or [`HboneError::AnswerTimeout`] once the wait is over.
+    pub(super) async fn answer(
+        response: h2::client::ResponseFuture,
+        timeout: Duration,
+    ) -> Result<http::Response<h2::RecvStream>, HboneError> {
+        match tokio::time::timeout(timeout, response).await {
+            Ok(response) => Ok(response?),
+            Err(_) => Err(HboneError::AnswerTimeout(timeout)),
+        }
+    }
+
     /// Waits for the answer: the tunnel on 200, the status otherwise.
     pub async fn established(self) -> Result<H2Stream, HboneError> {
-        let response = self.response.await?;
+        let response = Self::answer(self.response, self.answer_timeout).await?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Status(response.status()));
         }

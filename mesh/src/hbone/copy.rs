@@ -23,7 +23,9 @@ pub type Tally<'a> = &'a (dyn Fn(u64) + Sync);
 
 /// Copies both ways between a byte stream (its read and write halves; a
 /// `TcpStream::split` costs nothing) and `stream`, until both directions end;
-/// each half-closes its destination when its source ends. `from_io`
+/// each half-closes its destination when its source ends. A direction that
+/// fails (the peer reset the stream, say) ends the other at once: waiting
+/// for the far side to close would keep a dead tunnel's socket open. `from_io`
 /// counts bytes read from `io`, `from_stream` bytes received on the tunnel.
 pub async fn relay<R, W>(
     (mut read_half, mut write_half): (R, W),
@@ -38,8 +40,7 @@ where
     let (send, recv, pending, _guard) = stream.into_parts();
     let up = io_to_h2(&mut read_half, send, from_io);
     let down = h2_to_io(recv, pending, &mut write_half, from_stream);
-    let (up, down) = tokio::join!(up, down);
-    up.and(down)
+    tokio::try_join!(up, down).map(|((), ())| ())
 }
 
 /// How a relay over a tunnel still being established can fail.
@@ -65,13 +66,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let PendingStream { send, response, guard: _guard } = pending;
+    let PendingStream { send, response, guard: _guard, answer_timeout } = pending;
     // The answer's status, once known: a refusal also resets the stream, so
     // the upload can fail first; the status says which error to report.
     let (status_tx, status_rx) = tokio::sync::oneshot::channel();
     let up = async { io_to_h2(&mut read_half, send, from_io).await.map_err(RelayError::Io) };
     let down = async {
-        let response = response.await.map_err(|e| RelayError::Io(super::stream::to_io(e)))?;
+        let response = PendingStream::answer(response, answer_timeout).await.map_err(|e| match e {
+            super::HboneError::H2(e) => RelayError::Io(super::stream::to_io(e)),
+            other => RelayError::Io(io::Error::new(io::ErrorKind::TimedOut, other.to_string())),
+        })?;
         let _ = status_tx.send(response.status());
         if response.status() != http::StatusCode::OK {
             return Err(RelayError::Refused(response.status()));
@@ -156,4 +160,48 @@ async fn h2_to_io<W: AsyncWrite + Unpin>(
         io.write_all(&data).await?;
     }
     io.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, Method, Request};
+
+    use super::*;
+    use crate::drain::Drain;
+    use crate::hbone::server::{self, ServerLimits};
+    use crate::hbone::settings;
+
+    /// A client that resets its stream ends the relay at once, although the
+    /// pod on the other side stays silent and open.
+    #[tokio::test]
+    async fn a_reset_stream_ends_the_relay_without_waiting_for_the_pod() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let (relay_done, relayed) = tokio::sync::oneshot::channel();
+        let relay_done = std::sync::Mutex::new(Some(relay_done));
+        let handler = move |_request, responder: server::Responder| {
+            let done = relay_done.lock().ok().and_then(|mut d| d.take());
+            async move {
+                let Ok(tunnel) = responder.accept(HeaderMap::new()) else { return };
+                // The pod: open, silent.
+                let (mut pod, _pod_peer) = tokio::io::duplex(1024);
+                let none = |_: u64| {};
+                let result = relay(tokio::io::split(&mut pod), tunnel, &none, &none).await;
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
+        };
+        tokio::spawn(server::serve_connection(server_io, ServerLimits::default(), Drain::new(), handler));
+        let (send, connection) = settings::client_builder().handshake::<_, Bytes>(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let mut send = send.ready().await.unwrap();
+        let request = Request::builder().method(Method::CONNECT).uri("10.0.0.1:80").body(()).unwrap();
+        let (response, mut stream) = send.send_request(request, false).unwrap();
+        assert_eq!(response.await.unwrap().status(), http::StatusCode::OK);
+        stream.send_reset(h2::Reason::CANCEL);
+        let result = tokio::time::timeout(Duration::from_secs(10), relayed).await;
+        assert!(matches!(result, Ok(Ok(Err(_)))), "the relay outlived its reset stream: {result:?}");
+    }
 }

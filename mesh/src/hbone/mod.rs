@@ -41,6 +41,15 @@ pub enum HboneError {
     Certificate(String, String),
     #[error("the pool's connection closed")]
     Closed,
+    #[error("dialing {addr} took longer than {after:?}")]
+    DialTimeout { addr: std::net::SocketAddr, after: std::time::Duration },
+    #[error("no HTTP/2 preface within {0:?}")]
+    PrefaceTimeout(std::time::Duration),
+    #[error("no answer to CONNECT within {0:?}")]
+    AnswerTimeout(std::time::Duration),
+    /// A dial shared by several tunnels failed; each gets its cause.
+    #[error("{0}")]
+    Dial(std::sync::Arc<HboneError>),
 }
 
 impl From<h2::Error> for HboneError {
@@ -52,6 +61,10 @@ impl From<h2::Error> for HboneError {
 impl HboneError {
     /// Whether the peer refused on policy grounds (401).
     pub fn is_denied(&self) -> bool {
-        matches!(self, Self::Status(s) if *s == http::StatusCode::UNAUTHORIZED)
+        match self {
+            Self::Status(s) => *s == http::StatusCode::UNAUTHORIZED,
+            Self::Dial(cause) => cause.is_denied(),
+            _ => false,
+        }
     }
 }

@@ -77,7 +77,7 @@ async fn fixture() -> Fixture {
             let drain = server_drain.clone();
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(tcp).await {
-                    let _ = server::serve_connection(tls, drain, handle).await;
+                    let _ = server::serve_connection(tls, server::ServerLimits::default(), drain, handle).await;
                 }
             });
         }
@@ -115,10 +115,24 @@ impl Dialer for TestDialer {
     }
 }
 
+fn settings(streams: usize, idle: Duration) -> PoolSettings {
+    PoolSettings {
+        streams_per_connection: streams,
+        idle_timeout: idle,
+        dial_timeout: Duration::from_secs(10),
+        answer_timeout: Duration::from_secs(10),
+    }
+}
+
 fn pool(f: &Fixture, streams: usize, idle: Duration) -> (Pool, PoolKey) {
     let dialer = TestDialer { cert: f.client_cert.clone(), trust: f.trust.clone(), dials: f.dials.clone() };
-    let key = PoolKey { src: f.client_cert.identity.clone(), dst: f.server_id.clone(), next_hop: f.addr };
-    (Pool::new(dialer, streams, idle), key)
+    let key = PoolKey {
+        src: f.client_cert.identity.clone(),
+        dst: f.server_id.clone(),
+        src_ip: "127.0.0.1".parse().unwrap(),
+        next_hop: f.addr,
+    };
+    (Pool::new(dialer, settings(streams, idle)), key)
 }
 
 fn peer() -> PeerInfo {
@@ -308,4 +322,79 @@ async fn refusal_is_reported_even_when_the_upload_fails_first() {
     });
     let result = relay_opening(tokio::io::split(ours), pending, &none, &none).await;
     assert!(matches!(result, Err(RelayError::Refused(StatusCode::UNAUTHORIZED))), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_burst_shares_one_dial() {
+    let f = fixture().await;
+    let (pool, key) = pool(&f, 100, Duration::from_secs(60));
+    let opens = (0..20).map(|_| pool.connect(&key, "10.1.0.3:80".parse().unwrap(), HeaderMap::new()));
+    let streams = futures::future::join_all(opens).await;
+    assert!(streams.iter().all(Result::is_ok));
+    assert_eq!(f.dials.load(Ordering::SeqCst), 1, "20 tunnels opened at once share one dial");
+    assert_eq!(pool.stats().dialing, 0, "the dial's entry is gone once it is done");
+}
+
+/// A dialer whose peer never answers, or that fails at once; it counts its dials.
+struct BrokenDialer {
+    hang: bool,
+    dials: Arc<AtomicUsize>,
+}
+
+impl Dialer for BrokenDialer {
+    fn dial(&self, key: &PoolKey) -> DialFuture {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let (hang, addr) = (self.hang, key.next_hop);
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Err(HboneError::Connect { addr, cause: std::io::ErrorKind::ConnectionRefused.into() })
+        })
+    }
+}
+
+fn broken_pool(hang: bool) -> (Pool, PoolKey, Arc<AtomicUsize>) {
+    let dials = Arc::new(AtomicUsize::new(0));
+    let pool = Pool::new(BrokenDialer { hang, dials: dials.clone() }, settings(100, Duration::from_secs(60)));
+    let id = |sa| Identity::new(TD, "test", sa);
+    let key = PoolKey {
+        src: id("client"),
+        dst: id("server"),
+        src_ip: "10.1.0.2".parse().unwrap(),
+        next_hop: "10.2.0.2:15008".parse().unwrap(),
+    };
+    (pool, key, dials)
+}
+
+/// A black-holed peer costs each waiter one bounded wait, all of them the
+/// same one, and leaves nothing behind in the pool.
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_peer_costs_one_bounded_dial() {
+    let (pool, key, dials) = broken_pool(true);
+    let started = tokio::time::Instant::now();
+    let opens = (0..10).map(|_| pool.connect(&key, "10.2.0.2:80".parse().unwrap(), HeaderMap::new()));
+    let results = futures::future::join_all(opens).await;
+    assert_eq!(dials.load(Ordering::SeqCst), 1, "the waiters shared one dial");
+    for result in results {
+        let error = result.unwrap_err();
+        assert!(error.to_string().contains("took longer than 10s"), "{error}");
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(10), "every waiter gave up at the one dial's deadline");
+    let stats = pool.stats();
+    assert_eq!((stats.dialing, stats.connections.len()), (0, 0), "nothing stays behind");
+}
+
+#[tokio::test]
+async fn a_failed_dial_is_shared_then_forgotten() {
+    let (pool, key, dials) = broken_pool(false);
+    let opens = (0..10).map(|_| pool.connect(&key, "10.2.0.2:80".parse().unwrap(), HeaderMap::new()));
+    let failed = futures::future::join_all(opens).await.into_iter().filter(Result::is_err).count();
+    assert_eq!(failed, 10);
+    assert!(dials.load(Ordering::SeqCst) <= 10, "no waiter dials twice");
+    // The next attempt after a failure dials afresh rather than reusing it.
+    let before = dials.load(Ordering::SeqCst);
+    assert!(pool.connect(&key, "10.2.0.2:80".parse().unwrap(), HeaderMap::new()).await.is_err());
+    assert_eq!(dials.load(Ordering::SeqCst), before + 1);
+    assert_eq!(pool.stats().dialing, 0);
 }
