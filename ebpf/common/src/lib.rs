@@ -42,6 +42,10 @@ pub const MAX_LOCAL_PODS: u32 = 4096;
 pub struct PodInfo {
     /// Bit set of `POD_*` flags.
     pub flags: u32,
+    /// The node-side interface the pod sends through (its veth), or 0 while
+    /// that is unknown. A packet from the pod's address that arrives on any
+    /// other pod's interface is another pod borrowing it, and is dropped.
+    pub ifindex: u32,
 }
 
 /// The pod is enrolled: its new outbound connections are captured.
@@ -54,7 +58,19 @@ impl PodInfo {
 }
 
 // The kernel copies map values as bytes; padding would carry garbage.
-const _: () = assert!(core::mem::size_of::<PodInfo>() == 4);
+const _: () = assert!(core::mem::size_of::<PodInfo>() == 8);
+
+/// Indexes of the `COUNTERS` per-CPU array: packets the programs dropped,
+/// by reason.
+/// A packet from a local pod's address arrived on another pod's interface.
+pub const COUNTER_SPOOFED_SOURCE: u32 = 0;
+/// A new connection to capture found no listener (ztunnel down): dropped so
+/// that it never bypasses the mesh.
+pub const COUNTER_NO_LISTENER: u32 = 1;
+/// Assigning a packet to its socket failed.
+pub const COUNTER_ASSIGN_FAILED: u32 = 2;
+/// Number of slots in the `COUNTERS` array.
+pub const COUNTER_SLOTS: u32 = 4;
 
 #[cfg(feature = "user")]
 // SAFETY: `PodInfo` is `repr(C)`, `Copy`, padding-free (asserted above) and

@@ -1,10 +1,12 @@
 //! ambit's traffic capture: two tc ingress (TCX) classifiers.
 //!
 //! * `pod_ingress` runs on the node-side veth of every local pod, so it sees
-//!   every packet a pod sends. It steers enrolled pods' new TCP connections to
-//!   ztunnel's outbound listener, other pods' new connections to a local
-//!   enrolled pod to the inbound listeners, and every packet that belongs to
-//!   a socket of ztunnel's to that socket.
+//!   every packet a pod sends. First it drops TCP from a local pod's address
+//!   that arrives on another pod's veth: a pod borrowing another's address
+//!   gets neither its identity nor its connections. Then it steers enrolled
+//!   pods' new TCP connections to ztunnel's outbound listener, other pods'
+//!   new connections to a local enrolled pod to the inbound listeners, and
+//!   every packet that belongs to a socket of ztunnel's to that socket.
 //! * `node_ingress` runs on the node's other interfaces (the underlay). It
 //!   steers new connections to local enrolled pods to the inbound listeners
 //!   (HBONE for port 15008, plaintext otherwise), and packets addressed to a
@@ -24,8 +26,8 @@
 #![no_main]
 
 use ambit_ebpf_common::{
-    CAPTURE_MARK, CAPTURE_MARK_MASK, HBONE_PORT, LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUND,
-    LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo,
+    CAPTURE_MARK, CAPTURE_MARK_MASK, COUNTER_ASSIGN_FAILED, COUNTER_NO_LISTENER, COUNTER_SLOTS, COUNTER_SPOOFED_SOURCE,
+    HBONE_PORT, LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUND, LISTENER_SLOTS, MAX_LOCAL_PODS, PodInfo,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -34,7 +36,7 @@ use aya_ebpf::{
     },
     helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, map, sk_lookup},
-    maps::{HashMap, SockMap},
+    maps::{HashMap, PerCpuArray, SockMap},
     programs::{SkLookupContext, TcContext},
 };
 
@@ -46,6 +48,10 @@ static LISTENERS: SockMap = SockMap::pinned(LISTENER_SLOTS, 0);
 /// The node's local pods, keyed by IPv4 address as it appears on the wire.
 #[map]
 static PODS: HashMap<u32, PodInfo> = HashMap::pinned(MAX_LOCAL_PODS, 0);
+
+/// Dropped packets by reason (`COUNTER_*`), per CPU; ztunnel sums them.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
 const AF_INET: u32 = 2;
@@ -97,6 +103,10 @@ fn try_pod_ingress(ctx: &TcContext) -> Verdict {
     let Some(seg) = parse(ctx) else {
         return Verdict::Pass;
     };
+    if borrowed_source(ctx, seg.saddr) {
+        count(COUNTER_SPOOFED_SOURCE);
+        return Verdict::Drop;
+    }
     let time_wait = match existing_socket(ctx, &seg) {
         Existing::Assigned(verdict) => return verdict,
         Existing::TimeWait => true,
@@ -113,6 +123,26 @@ fn try_pod_ingress(ctx: &TcContext) -> Verdict {
         return Verdict::Pass;
     };
     capture_new(ctx, slot, time_wait)
+}
+
+/// Whether `saddr` is a local pod's address that is not this interface's
+/// pod's: only the veth a pod's host route points at may carry its address.
+fn borrowed_source(ctx: &TcContext, saddr: u32) -> bool {
+    // SAFETY: the map value is a plain `PodInfo` that is only read here.
+    let Some(owner) = (unsafe { PODS.get(&saddr) }) else {
+        return false;
+    };
+    // SAFETY: `skb` points at this program's context.
+    let arrived_on = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    owner.ifindex != arrived_on
+}
+
+/// Counts one dropped packet under `reason`.
+fn count(reason: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(reason) {
+        // SAFETY: a per-CPU slot: no other program run touches it meanwhile.
+        unsafe { *counter += 1 };
+    }
 }
 
 fn enrolled(addr: u32) -> bool {
@@ -158,6 +188,7 @@ fn try_node_ingress(ctx: &TcContext) -> Verdict {
 /// proceeds once ztunnel is back. It never leaves unproxied.
 fn capture_new(ctx: &TcContext, slot: u32, time_wait: bool) -> Verdict {
     let Some(listener) = listener(slot) else {
+        count(COUNTER_NO_LISTENER);
         return Verdict::Drop;
     };
     if time_wait {
@@ -282,6 +313,7 @@ fn assign(ctx: &TcContext, sk: *mut bpf_sock) -> Verdict {
     let ret = unsafe { bpf_sk_assign(ctx.as_ptr(), sk.cast(), 0) };
     unsafe { bpf_sk_release(sk.cast()) };
     if ret != 0 {
+        count(COUNTER_ASSIGN_FAILED);
         return Verdict::Drop;
     }
     mark(ctx);

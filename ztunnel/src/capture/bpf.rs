@@ -10,8 +10,10 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-use ambit_ebpf_common::PodInfo;
-use aya::maps::{HashMap as BpfHashMap, SockMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ambit_ebpf_common::{COUNTER_ASSIGN_FAILED, COUNTER_NO_LISTENER, COUNTER_SPOOFED_SOURCE, PodInfo};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SockMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{SchedClassifier, SkLookup, TcAttachType};
@@ -62,6 +64,35 @@ pub(super) struct Programs {
     links_dir: PathBuf,
     /// Attachments this process has made or taken over.
     attached: HashSet<Attachment>,
+    counters: Counters,
+}
+
+/// The programs' drop counters (`COUNTERS`), readable from any thread (the
+/// metrics endpoint reads them at each scrape).
+#[derive(Clone)]
+pub struct Counters(Arc<Mutex<PerCpuArray<MapData, u64>>>);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
+impl Counters {
+    /// Each reason's label and its count, summed over CPUs. The counts live
+    /// in the pinned map, so they carry on across agent restarts.
+    pub fn read(&self) -> Vec<(&'static str, u64)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let sum = |index: u32| map.get(&index, 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0);
+        [
+            ("spoofed_source", COUNTER_SPOOFED_SOURCE),
+            ("no_listener", COUNTER_NO_LISTENER),
+            ("assign_failed", COUNTER_ASSIGN_FAILED),
+        ]
+        .into_iter()
+        .map(|(reason, index)| (reason, sum(index)))
+        .collect()
+    }
 }
 
 impl std::fmt::Debug for Programs {
@@ -82,7 +113,14 @@ impl Programs {
             classifier(&mut ebpf, role)?.load().map_err(|e| Error::Load(e.to_string()))?;
         }
         sk_lookup(&mut ebpf)?.load().map_err(|e| Error::Load(e.to_string()))?;
-        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links_dir, attached: HashSet::new() })
+        let counters = ebpf.take_map("COUNTERS").ok_or(Error::MissingObject("COUNTERS"))?;
+        let counters = PerCpuArray::try_from(counters).map_err(|e| Error::Map(e.to_string()))?;
+        let counters = Counters(Arc::new(Mutex::new(counters)));
+        Ok(Self { ebpf, pin_dir: pin_dir.to_owned(), links_dir, attached: HashSet::new(), counters })
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
     }
 
     /// Attaches `listener_lookup` to this network namespace and pins the

@@ -7,6 +7,7 @@
 //! which interfaces carry which program.
 
 mod bpf;
+pub use bpf::Counters;
 mod netlink;
 mod nft;
 
@@ -100,6 +101,11 @@ impl Capture {
         self.programs.set_listener(slot, socket)
     }
 
+    /// Packets the programs dropped, by reason, summed over CPUs.
+    pub fn counters(&self) -> bpf::Counters {
+        self.programs.counters()
+    }
+
     /// The node's own addresses as of the last sync.
     pub fn local_addresses(&self) -> &HashSet<IpAddr> {
         &self.local_addresses
@@ -109,16 +115,19 @@ impl Capture {
     /// nothing changed.
     pub async fn sync(&mut self, snapshot: &Snapshot) -> Result<CaptureStatus, Error> {
         let pods = local_pods(snapshot, &self.node);
+        let routes = self.netlink.host_routes().await?;
         let map: HashMap<u32, PodInfo> = pods
             .iter()
             .map(|p| {
                 let flags = if p.enrolled { POD_ENROLLED } else { 0 };
-                (wire_key(p.ip), PodInfo { flags })
+                // The interface the pod's host route uses is the only one
+                // its address may arrive on.
+                let ifindex = routes.get(&p.ip).copied().unwrap_or(0);
+                (wire_key(p.ip), PodInfo { flags, ifindex })
             })
             .collect();
         self.programs.set_pods(&map)?;
 
-        let routes = self.netlink.host_routes().await?;
         let pod_interfaces: HashSet<u32> = pods.iter().filter_map(|p| routes.get(&p.ip)).copied().collect();
         let desired: HashSet<bpf::Attachment> = self
             .netlink
