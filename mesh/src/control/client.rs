@@ -1,27 +1,46 @@
-//! The agent's connection to the controller: one HTTP/2-over-TLS connection
-//! per call (certificate requests are rare; the config stream is long-lived).
+//! The agent's connection to the controller. Certificate requests share
+//! one HTTP/2 connection (re-opened when it breaks), at most
+//! [`MAX_CONCURRENT_SIGNS`] at a time, each under a deadline; the config
+//! stream is a long-lived connection of its own, authenticated with the
+//! agent's certificate, read line by line with a bound on a line's length.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyDataStream, BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
 use tracing::debug;
 
 use super::{CERTIFICATES_PATH, CONFIG_PATH, ResumeFrom, SignRequest, SignResponse, Update, controller_identity};
 use crate::ca::{CaError, CertificateRequest, IssuedCertificate};
 use crate::identity::Identity;
+use crate::tcp::TcpOptions;
 use crate::tls::{self, TrustBundle, WorkloadCertificate};
 
+/// TCP, TLS and the HTTP/2 handshake with the controller, together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// PINGs on the config stream, so a vanished controller is noticed.
+/// A request, from sending it to the end of its answer (the config
+/// stream: to its response headers).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Certificate requests in flight at once, whatever asks for them.
+pub const MAX_CONCURRENT_SIGNS: usize = 4;
+/// PINGs on every connection, so a vanished controller is noticed.
 const KEEPALIVE: Duration = Duration::from_secs(10);
-/// A hostile or broken controller cannot make us buffer without bound.
+/// A hostile or broken controller cannot make us buffer without bound: the
+/// longest config-stream line (one full config) we accept.
 const MAX_MESSAGE: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +55,12 @@ pub enum ControlError {
     Status { status: StatusCode, message: String },
     #[error("bad message from the controller: {0}")]
     Protocol(String),
+    #[error("the controller did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
-/// Where the controller is and how to prove who we are to it.
+/// Where the controller is and how to prove who we are to it. Clones share
+/// the certificate-request connection and its concurrency bound.
 #[derive(Clone, Debug)]
 pub struct ControlClient {
     /// `host:port`; a name is resolved on every connection (a Service's
@@ -48,11 +70,20 @@ pub struct ControlClient {
     /// The bearer credential that says which node we are.
     credential: String,
     node: String,
+    signing: Arc<Signing>,
+}
+
+/// The shared connection for certificate requests, and their bound.
+#[derive(Debug)]
+struct Signing {
+    connection: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    permits: Semaphore,
 }
 
 impl ControlClient {
     pub fn new(addr: impl Into<String>, trust: TrustBundle, credential: String, node: String) -> Self {
-        Self { addr: addr.into(), trust, credential: credential.trim().to_owned(), node }
+        let signing = Signing { connection: Mutex::new(None), permits: Semaphore::new(MAX_CONCURRENT_SIGNS) };
+        Self { addr: addr.into(), trust, credential: credential.trim().to_owned(), node, signing: Arc::new(signing) }
     }
 
     pub fn trust(&self) -> &TrustBundle {
@@ -60,15 +91,19 @@ impl ControlClient {
     }
 
     async fn connect(&self, cert: Option<&WorkloadCertificate>) -> Result<SendRequest<Full<Bytes>>, ControlError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_now(cert)).await {
+            Ok(result) => result,
+            Err(_) => Err(ControlError::Timeout(CONNECT_TIMEOUT)),
+        }
+    }
+
+    async fn connect_now(&self, cert: Option<&WorkloadCertificate>) -> Result<SendRequest<Full<Bytes>>, ControlError> {
         let expected = vec![controller_identity(self.trust.trust_domain())];
         let config =
             tls::control_client_config(cert, &self.trust, expected).map_err(|e| ControlError::Tls(e.to_string()))?;
         let connect_error = |cause| ControlError::Connect { addr: self.addr.clone(), cause };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr.as_str()))
-            .await
-            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_error)?;
-        tcp.set_nodelay(true).map_err(connect_error)?;
+        let tcp = TcpStream::connect(self.addr.as_str()).await.map_err(connect_error)?;
+        TcpOptions::default().apply(&tcp).map_err(connect_error)?;
         let peer: SocketAddr = tcp.peer_addr().map_err(connect_error)?;
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(tls::server_name(peer.ip()), tcp)
@@ -89,6 +124,18 @@ impl ControlClient {
         Ok(sender)
     }
 
+    /// The shared certificate-request connection, opened if there is none
+    /// or the last one closed.
+    async fn signing_connection(&self) -> Result<SendRequest<Full<Bytes>>, ControlError> {
+        let mut connection = self.signing.connection.lock().await;
+        if let Some(sender) = connection.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let sender = self.connect(None).await?;
+        *connection = Some(sender.clone());
+        Ok(sender)
+    }
+
     fn request(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Request<Full<Bytes>>, ControlError> {
         Request::builder()
             .method(method)
@@ -102,10 +149,18 @@ impl ControlClient {
     /// Asks the controller to sign a CSR.
     pub async fn sign(&self, request: &SignRequest) -> Result<SignResponse, ControlError> {
         let body = serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let mut sender = self.connect(None).await?;
-        let response = sender.send_request(self.request(Method::POST, CERTIFICATES_PATH, body.into())?).await?;
-        let response = check_status(response).await?;
-        let body = response.into_body().collect().await?.to_bytes();
+        let _permit = self.signing.permits.acquire().await.map_err(|_| ControlError::Timeout(REQUEST_TIMEOUT))?;
+        let exchange = async {
+            let mut sender = self.signing_connection().await?;
+            sender.ready().await?;
+            let response = sender.send_request(self.request(Method::POST, CERTIFICATES_PATH, body.into())?).await?;
+            let response = check_status(response).await?;
+            Ok::<_, ControlError>(response.into_body().collect().await?.to_bytes())
+        };
+        let body = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(body) => body?,
+            Err(_) => return Err(ControlError::Timeout(REQUEST_TIMEOUT)),
+        };
         serde_json::from_slice(&body).map_err(|e| ControlError::Protocol(format!("certificate response: {e}")))
     }
 
@@ -127,9 +182,12 @@ impl ControlClient {
             query.push_str(&format!("&since={}", since.to_query()));
         }
         let mut sender = self.connect(Some(cert)).await?;
-        let response = sender.send_request(self.request(Method::GET, &query, Bytes::new())?).await?;
-        let response = check_status(response).await?;
-        Ok(UpdateStream { body: response.into_body(), buffer: BytesMut::new(), _sender: sender })
+        let request = self.request(Method::GET, &query, Bytes::new())?;
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request)).await {
+            Ok(response) => check_status(response?).await?,
+            Err(_) => return Err(ControlError::Timeout(REQUEST_TIMEOUT)),
+        };
+        Ok(UpdateStream::new(response.into_body(), sender))
     }
 }
 
@@ -165,43 +223,83 @@ async fn check_status(response: http::Response<Incoming>) -> Result<http::Respon
     Err(ControlError::Status { status, message })
 }
 
+type BodyBytes = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+type Reader = Pin<Box<dyn AsyncRead + Send>>;
+
 /// The config stream's messages, one JSON document per line.
-#[derive(Debug)]
 pub struct UpdateStream {
-    body: Incoming,
-    buffer: BytesMut,
+    lines: FramedRead<Reader, LinesCodec>,
     /// Keeps the connection's request handle (and so the connection) alive.
-    _sender: SendRequest<Full<Bytes>>,
+    _sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl std::fmt::Debug for UpdateStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateStream").finish_non_exhaustive()
+    }
 }
 
 impl UpdateStream {
+    fn new(body: Incoming, sender: SendRequest<Full<Bytes>>) -> Self {
+        let bytes: BodyBytes = Box::pin(BodyDataStream::new(body).map_err(io::Error::other));
+        Self::from_reader(Box::pin(StreamReader::new(bytes)), MAX_MESSAGE, Some(sender))
+    }
+
+    fn from_reader(reader: Reader, max_line: usize, sender: Option<SendRequest<Full<Bytes>>>) -> Self {
+        Self { lines: FramedRead::new(reader, LinesCodec::new_with_max_length(max_line)), _sender: sender }
+    }
+
     /// The next update; `None` when the controller ends the stream.
     pub async fn next(&mut self) -> Option<Result<Update, ControlError>> {
         loop {
-            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line = self.buffer.split_to(end + 1);
-                let line = &line[..end];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            let line = match self.lines.next().await? {
+                Ok(line) => line,
+                Err(LinesCodecError::MaxLineLengthExceeded) => {
+                    let max = self.lines.decoder().max_length();
+                    return Some(Err(ControlError::Protocol(format!("a message exceeds {max} bytes"))));
                 }
-                return Some(serde_json::from_slice(line).map_err(|e| ControlError::Protocol(e.to_string())));
+                Err(LinesCodecError::Io(error)) => return Some(Err(ControlError::Protocol(error.to_string()))),
+            };
+            if line.trim().is_empty() {
+                continue;
             }
-            if self.buffer.len() > MAX_MESSAGE {
-                return Some(Err(ControlError::Protocol(format!("a message exceeds {MAX_MESSAGE} bytes"))));
-            }
-            match self.body.frame().await? {
-                Ok(frame) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            self.buffer.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
-                }
-                Err(error) => return Some(Err(error.into())),
-            }
+            return Some(serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MeshConfig;
+    use crate::control::UpdateBody;
+
+    fn line(version: u64) -> String {
+        let update = Update { epoch: "e".into(), version, body: UpdateBody::Full(MeshConfig::default()) };
+        format!("{}\n", serde_json::to_string(&update).unwrap())
+    }
+
+    #[tokio::test]
+    async fn reads_updates_line_by_line_and_skips_blank_lines() {
+        let text = format!("{}\n{}", line(1), line(2));
+        let mut stream = UpdateStream::from_reader(Box::pin(std::io::Cursor::new(text.into_bytes())), 1024, None);
+        assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
+        assert_eq!(stream.next().await.unwrap().unwrap().version, 2);
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_an_error_not_a_buffer() {
+        let text = format!("{}{}\n", line(1), "x".repeat(4096));
+        let mut stream = UpdateStream::from_reader(Box::pin(std::io::Cursor::new(text.into_bytes())), 1024, None);
+        assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
+        let error = stream.next().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("exceeds 1024 bytes"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_protocol_error() {
+        let mut stream = UpdateStream::from_reader(Box::pin(std::io::Cursor::new(b"{nope\n".to_vec())), 1024, None);
+        assert!(matches!(stream.next().await, Some(Err(ControlError::Protocol(_)))));
     }
 }
