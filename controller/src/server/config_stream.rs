@@ -81,17 +81,24 @@ async fn follow(store: &crate::store::Store, since: Option<ResumeFrom>, tx: &mps
     let mut versions = store.subscribe();
     // Never hand out the empty config of a controller that has not read its
     // sources yet: agents would drop everything they know.
-    let mut sent = match versions.wait_for(|p| p.version > 0).await {
-        Ok(first) => first.clone(),
-        Err(_) => return,
+    let first = tokio::select! {
+        () = tx.closed() => return,
+        first = versions.wait_for(|p| p.version > 0) => first.map(|p| p.clone()),
     };
+    let Ok(mut sent) = first else { return };
     versions.mark_unchanged();
     let body = first_update_body(&sent, since.as_ref());
     info!(version = sent.version, resumed = matches!(body, UpdateBody::Delta { .. }), "agent following config");
     if send(tx, &sent, body).await.is_err() {
         return;
     }
-    while versions.changed().await.is_ok() {
+    loop {
+        // An agent that goes away ends its task (and leaves the connected
+        // count) at once, not at the next version.
+        tokio::select! {
+            () = tx.closed() => return debug!("agent went away"),
+            changed = versions.changed() => if changed.is_err() { return },
+        }
         let now = versions.borrow_and_update().clone();
         let body = UpdateBody::Delta { from: sent.version, changes: ConfigDelta::between(&sent.config, &now.config) };
         if send(tx, &now, body).await.is_err() {
@@ -136,6 +143,20 @@ mod tests {
 
     fn parse(line: &Bytes) -> Update {
         serde_json::from_slice(line).unwrap_or_else(|e| panic!("bad update line: {e}"))
+    }
+
+    /// An agent whose stream ends is let go at once: its task returns
+    /// without waiting for another version.
+    #[tokio::test]
+    async fn a_vanished_agent_is_let_go_at_once() {
+        let store = Store::new();
+        store.publish(config("v1"));
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+        let follower = tokio::spawn(async move { super::follow(&store, None, &tx).await });
+        rx.recv().await.unwrap_or_else(|| panic!("no first update"));
+        drop(rx);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), follower).await;
+        assert!(ended.is_ok(), "the follower outlived its agent's stream");
     }
 
     /// One agent stops reading; another keeps up with every version, and

@@ -18,10 +18,12 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh::admission::{Admission, ConnectionLimits};
 use mesh::ca::CertificateAuthority;
 use mesh::control::{CERTIFICATES_PATH, CONFIG_PATH};
 use mesh::drain::Drain;
 use mesh::identity::Identity;
+use mesh::tcp::TcpOptions;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,6 +38,13 @@ pub type Response = hyper::Response<Body>;
 /// Longest certificate lifetime an agent may ask for.
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// A client that opens TCP but never finishes TLS is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections held at once: an agent holds two (config stream and
+/// certificate requests), a waypoint pod the same.
+const LIMITS: ConnectionLimits = ConnectionLimits { total: 16_384, per_peer: 64 };
+/// Connections refused for a limit or a failed handshake, by reason.
+pub const REFUSED: &str = "ambit_controller_refused_connections_total";
 
 /// What every request handler needs.
 #[derive(Debug)]
@@ -63,24 +72,34 @@ impl ControlServer {
     /// renewed serving certificate takes effect without a restart.
     pub async fn run(self, shared: Arc<Shared>, tls: watch::Receiver<Arc<ServerConfig>>, drain: Drain) {
         info!(address = %self.address(), "control endpoint listening");
+        let admission = Admission::new(LIMITS);
         loop {
             let accepted = tokio::select! {
                 () = drain.signaled() => break,
                 accepted = self.listener.accept() => accepted,
             };
             let Ok((stream, peer)) = accepted else { continue };
+            let Some(admitted) = admission.admit(peer.ip()) else {
+                metrics::counter!(REFUSED, "reason" => admission.exceeded()).increment(1);
+                continue;
+            };
+            let _ = TcpOptions::default().apply(&stream);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
             let (shared, conn_drain) = (shared.clone(), drain.clone());
             let span = info_span!("agent", %peer);
             drain.spawn(
                 async move {
-                    let _ = stream.set_nodelay(true);
-                    let tls = match acceptor.accept(stream).await {
-                        Ok(tls) => tls,
-                        Err(error) => return debug!(%error, "TLS handshake failed"),
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => return debug!(%error, "TLS handshake failed"),
+                        Err(_) => {
+                            metrics::counter!(REFUSED, "reason" => "handshake_timeout").increment(1);
+                            return debug!("TLS handshake timed out");
+                        }
                     };
                     let peer_identity = mesh::tls::peer_identity(tls.get_ref().1);
                     serve_connection(tls, shared, peer_identity, conn_drain).await;
+                    drop(admitted);
                 }
                 .instrument(span),
             );
