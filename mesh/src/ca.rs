@@ -99,8 +99,20 @@ impl CertificateAuthority {
         Ok(Self { trust_domain: trust_domain.to_owned(), issuer: Issuer::new(params, key), root_pem, key_pem })
     }
 
+    /// The root from its certificate and key. A key that is not the
+    /// certificate's is refused here: otherwise every certificate signed
+    /// with it would fail verification later, far from the cause.
     pub fn from_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::InvalidRoot(e.to_string()))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| CaError::InvalidRoot(format!("the certificate is not PEM: {e}")))?;
+        let cert =
+            pem.parse_x509().map_err(|e| CaError::InvalidRoot(format!("the certificate does not parse: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::InvalidRoot(
+                "the key does not belong to the certificate (they are not a pair)".into(),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CaError::InvalidRoot(e.to_string()))?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
@@ -285,6 +297,17 @@ mod tests {
         assert!(matches!(err, CaError::ForeignTrustDomain { .. }), "{err}");
         let err = ca.sign_csr("not a csr", &mine, Duration::from_secs(60)).unwrap_err();
         assert!(matches!(err, CaError::InvalidCsr(_)), "{err}");
+    }
+
+    #[test]
+    fn a_key_from_another_root_is_refused() {
+        let (a, b) = (
+            CertificateAuthority::generate("cluster.local").unwrap(),
+            CertificateAuthority::generate("cluster.local").unwrap(),
+        );
+        let error = CertificateAuthority::from_pem("cluster.local", a.root_pem(), b.key_pem()).unwrap_err();
+        assert!(error.to_string().contains("not a pair"), "{error}");
+        assert!(CertificateAuthority::from_pem("cluster.local", a.root_pem(), a.key_pem()).is_ok());
     }
 
     #[test]
