@@ -1,13 +1,17 @@
 //! The certificate manager: one certificate per identity of the enrolled
 //! pods on this node. Certificates are fetched on first use and cached;
 //! they are renewed at half their lifetime, with jittered exponential
-//! backoff when the CA fails. A certificate is only replaced by a newer
-//! one, never removed while still wanted, so rotation cannot break new
-//! connections; established TLS sessions never look at it again.
+//! backoff when the CA fails. The backoff is the identity's, whoever asks:
+//! while it runs, connections that need the certificate fail at once
+//! instead of each asking the CA again. A certificate is only replaced by a
+//! newer one, never removed while still wanted, so rotation cannot break
+//! new connections; established TLS sessions never look at it again.
+//!
+//! Times are on tokio's clock, so tests can run them on a paused one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use mesh::ca::{CaClient, CertificateRequest};
 use mesh::drain::Drain;
@@ -17,6 +21,7 @@ use rand::Rng as _;
 use rustls::ServerConfig;
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -114,6 +119,11 @@ impl CertManager {
             if let Some(current) = entry.current.as_ref().filter(|c| c.usable()) {
                 return Ok(current.clone());
             }
+            if let Some(retry_at) = entry.retry_at.filter(|at| *at > Instant::now()) {
+                let last = entry.last_error.as_deref().unwrap_or("unknown error");
+                let reason = format!("backing off for {:?} after: {last}", retry_at - Instant::now());
+                return Err(CertError::Fetch { identity: identity.to_string(), reason });
+            }
             entry.fetching.clone()
         };
         let _one_at_a_time = fetching.lock().await;
@@ -192,7 +202,7 @@ impl CertManager {
             }
             // After the renewals: a failure just scheduled its retry.
             let (_, next) = self.due();
-            let sleep = next.map(tokio::time::Instant::from_std);
+            let sleep = next;
             tokio::select! {
                 () = drain.signaled() => return,
                 () = self.inner.wanted_changed.notified() => {}
