@@ -11,7 +11,8 @@ use mesh::ca::{CaClient, CertificateAuthority};
 use mesh::config::Snapshot;
 use mesh::control::{ControlClient, RemoteCa};
 use mesh::drain::{Drain, DrainOutcome};
-use mesh::hbone::pool::Pool;
+use mesh::hbone::pool::{Pool, PoolSettings};
+use mesh::hbone::server::ServerLimits;
 use mesh::http_server::HttpServer;
 use mesh::identity::Identity;
 use mesh::tls::TrustBundle;
@@ -28,7 +29,7 @@ use crate::identity::CertManager;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::inbound_plain::InboundPlain;
 use crate::proxy::outbound::Outbound;
-use crate::proxy::{ContextSettings, HboneDialer, ProxyContext};
+use crate::proxy::{ConnectionLimits, ContextSettings, HboneDialer, ProxyContext};
 use crate::readiness::Readiness;
 use crate::state::State;
 use crate::telemetry::LogLevelHandle;
@@ -60,7 +61,7 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
         connections: ctx.clone(),
         log_level,
     };
-    listeners.serve(&drain, &readiness, prometheus, admin);
+    listeners.serve(&drain, &readiness, prometheus, capture.counters(), admin);
     drain.spawn(certs.run(drain.clone()));
     drain.spawn(pool.run_reaper(drain.clone()));
     match source.follow {
@@ -85,17 +86,32 @@ fn hbone_pool(settings: &Settings, certs: &CertManager, state: &State) -> Pool {
         certs: certs.clone(),
         state: state.clone(),
         node: settings.node.clone(),
-        connect_timeout: settings.connect_timeout,
+        tcp: settings.tcp_options(),
     };
-    Pool::new(dialer, settings.pool_streams, settings.pool_idle_timeout)
+    let pool = PoolSettings {
+        streams_per_connection: settings.pool_streams,
+        idle_timeout: settings.pool_idle_timeout,
+        dial_timeout: settings.connect_timeout,
+        answer_timeout: settings.connect_timeout,
+    };
+    Pool::new(dialer, pool)
 }
 
 fn context_settings(settings: &Settings) -> ContextSettings {
+    let limits = |per_peer| ConnectionLimits { total: settings.max_connections, per_peer };
     ContextSettings {
         node: settings.node.clone(),
         trust_domain: settings.trust_domain.clone(),
         own_ports: settings.own_ports(),
         connect_timeout: settings.connect_timeout,
+        tcp: settings.tcp_options(),
+        hbone_limits: ServerLimits {
+            handshake_timeout: settings.connect_timeout,
+            idle_timeout: settings.hbone_idle_timeout,
+            ..ServerLimits::default()
+        },
+        connection_limits: limits(settings.max_connections_per_peer),
+        hbone_connection_limits: limits(settings.max_hbone_connections_per_peer),
     }
 }
 
@@ -132,12 +148,19 @@ impl Listeners {
         Ok(listeners)
     }
 
-    fn serve(self, drain: &Drain, readiness: &Readiness, prometheus: PrometheusHandle, admin: Admin) {
+    fn serve(
+        self,
+        drain: &Drain,
+        readiness: &Readiness,
+        prometheus: PrometheusHandle,
+        drops: crate::capture::Counters,
+        admin: Admin,
+    ) {
         drain.spawn(self.outbound.run(drain.clone()));
         drain.spawn(self.inbound.run(drain.clone()));
         drain.spawn(self.inbound_plain.run(drain.clone()));
         drain.spawn(readiness.clone().serve(self.readiness, drain.clone()));
-        drain.spawn(crate::metrics::serve(self.metrics, prometheus, drain.clone()));
+        drain.spawn(crate::metrics::serve(self.metrics, prometheus, drops, drain.clone()));
         drain.spawn(admin.serve(self.admin, drain.clone()));
     }
 }
@@ -179,7 +202,9 @@ async fn config_source(settings: &Settings) -> anyhow::Result<(ConfigSource, Cer
     let trust = TrustBundle::from_pem(&settings.trust_domain, &roots_pem)?;
     match (&settings.config, &settings.ca_key, &settings.controller, &settings.node_credential) {
         (Some(config), Some(ca_key), _, _) => {
-            let ca = CertificateAuthority::from_pem(&settings.trust_domain, &roots_pem, &read(ca_key)?)?;
+            let ca = CertificateAuthority::from_pem(&settings.trust_domain, &roots_pem, &read(ca_key)?).with_context(
+                || format!("--ca-cert {} with --ca-key {}", settings.ca_cert.display(), ca_key.display()),
+            )?;
             let ca: Arc<dyn CaClient> = Arc::new(Arc::new(ca));
             let loaded = config_file::load(config)?;
             let watcher = ConfigWatcher::new(config, loaded.text)?;
@@ -251,6 +276,7 @@ async fn sync_loop(
             Ok(new_status) => {
                 let enrolled = new_status.pods.iter().filter(|p| p.enrolled).count();
                 metrics::gauge!(crate::metrics::CAPTURED_PODS).set(enrolled as f64);
+                warn_of_pods_without_route(&status, &new_status);
                 ctx.set_local_addresses(capture.local_addresses().clone());
                 if let Ok(mut s) = status.write() {
                     if !s.same_capture(&new_status) || synced_version != current.version {
@@ -268,6 +294,19 @@ async fn sync_loop(
             Err(error) => warn!(%error, version = current.version, "capture sync failed; will retry"),
         }
     }
+}
+
+/// A local pod the config names but the node has no interface or route
+/// for cannot be captured: its traffic would leave unseen. Warns once per
+/// such pod (when it first shows), and keeps the count as a gauge;
+/// `/config_dump` lists them.
+fn warn_of_pods_without_route(before: &RwLock<CaptureStatus>, now: &CaptureStatus) {
+    let known: HashSet<String> =
+        before.read().map(|s| s.pods_without_route.iter().cloned().collect()).unwrap_or_default();
+    for pod in now.pods_without_route.iter().filter(|p| !known.contains(*p)) {
+        warn!(%pod, "a local pod has no interface or host route on this node; its traffic cannot be captured");
+    }
+    metrics::gauge!(crate::metrics::PODS_WITHOUT_ROUTE).set(now.pods_without_route.len() as f64);
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

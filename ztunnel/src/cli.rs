@@ -98,10 +98,45 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
 
-    /// Upper bound on connecting to an upstream.
+    /// Upper bound on connecting to an upstream: a TCP connect; for HBONE
+    /// the TCP, TLS and HTTP/2 handshakes together, and then again the wait
+    /// for the CONNECT's answer.
     #[arg(long, env = "AMBIT_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+
+    /// Idle time before TCP keepalive probes start, and between them, on
+    /// every connection (linkerd2-proxy's default).
+    #[arg(long, env = "AMBIT_TCP_KEEPALIVE", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+
+    /// `TCP_USER_TIMEOUT` on every connection: sent data a peer does not
+    /// acknowledge for this long closes the connection (linkerd2-proxy's
+    /// default).
+    #[arg(long, env = "AMBIT_TCP_USER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+
+    /// An inbound HBONE connection that carries no stream for this long is
+    /// closed (longer than clients' pool idle timeouts, Istio's included).
+    #[arg(long, env = "AMBIT_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub hbone_idle_timeout: Duration,
+
+    /// Connections each data-path listener holds at once; more are reset.
+    #[arg(long, env = "AMBIT_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Connections the outbound and inbound plaintext listeners hold at once
+    /// from one address (one pod, or one client outside the mesh).
+    #[arg(long, env = "AMBIT_MAX_CONNECTIONS_PER_PEER", default_value_t = 10_000)]
+    pub max_connections_per_peer: usize,
+
+    /// HBONE connections held at once from one address. Each carries up to
+    /// 200 streams; a client pod needs a handful.
+    #[arg(long, env = "AMBIT_MAX_HBONE_CONNECTIONS_PER_PEER", default_value_t = 1024)]
+    pub max_hbone_connections_per_peer: usize,
 
     /// Threads that run the data path. More threads add CPU headroom but
     /// also cross-thread wakeups and cache misses on every hop. Default: one
@@ -127,6 +162,10 @@ pub enum LogFormat {
 }
 
 impl Settings {
+    pub fn tcp_options(&self) -> mesh::tcp::TcpOptions {
+        mesh::tcp::TcpOptions { keepalive: self.tcp_keepalive, user_timeout: self.tcp_user_timeout }
+    }
+
     pub fn bpf_pin_dir(&self) -> PathBuf {
         self.bpf_pin_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/ambit").join(&self.node))
     }

@@ -23,6 +23,10 @@ pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 pub const CONFIG_UPDATES: &str = "ambit_config_updates_total";
 pub const CAPTURED_PODS: &str = "ambit_captured_pods";
 pub const POLICY_CLOSED: &str = "ambit_connections_closed_by_policy_total";
+/// Packets the capture programs dropped, by reason (read from their map).
+pub const CAPTURE_DROPS: &str = "ambit_capture_dropped_packets_total";
+/// Local pods in the config whose interface or route is not on the node.
+pub const PODS_WITHOUT_ROUTE: &str = "ambit_capture_pods_without_route";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot install the metrics recorder: {0}")]
@@ -49,6 +53,18 @@ fn describe() {
     metrics::describe_counter!(CONFIG_UPDATES, "Config updates, by result (applied or rejected).");
     metrics::describe_gauge!(CAPTURED_PODS, "Local pods whose traffic is captured.");
     metrics::describe_counter!(POLICY_CLOSED, "Live connections closed because policy came to deny them.");
+    metrics::describe_counter!(CAPTURE_DROPS, "Packets the capture programs dropped, by reason.");
+    metrics::describe_gauge!(PODS_WITHOUT_ROUTE, "Local pods in the config with no interface or route on the node.");
+    metrics::describe_counter!(
+        crate::proxy::FORGED_SOURCE,
+        "Inbound streams refused: the claimed client address does not fit the peer's identity."
+    );
+    metrics::describe_counter!(crate::proxy::LISTENER_REFUSED, "Connections refused at a connection limit.");
+    // Present from the start, so a reader can tell zero from missing.
+    for direction in ["outbound", "inbound", "inbound_plaintext"] {
+        gauge!(OPEN_CONNECTIONS, "direction" => direction).set(0.0);
+    }
+    gauge!(PODS_WITHOUT_ROUTE).set(0.0);
     gauge!("istio_build", "component" => "ztunnel", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -212,8 +228,9 @@ impl Drop for ConnectionMetrics {
     }
 }
 
-/// Serves `/metrics` (and Istio's alias `/stats/prometheus`).
-pub async fn serve(server: HttpServer, handle: PrometheusHandle, drain: Drain) {
+/// Serves `/metrics` (and Istio's alias `/stats/prometheus`), reading the
+/// capture programs' drop counters at each scrape.
+pub async fn serve(server: HttpServer, handle: PrometheusHandle, drops: crate::capture::Counters, drain: Drain) {
     let upkeep = handle.clone();
     let upkeep_drain = drain.clone();
     drain.spawn(async move {
@@ -227,6 +244,9 @@ pub async fn serve(server: HttpServer, handle: PrometheusHandle, drain: Drain) {
     });
     server
         .run(drain, move |req: Request| {
+            for (reason, count) in drops.read() {
+                counter!(CAPTURE_DROPS, "reason" => reason).absolute(count);
+            }
             let handle = handle.clone();
             async move { metrics_response(&req, &handle) }
         })

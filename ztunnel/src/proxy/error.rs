@@ -68,6 +68,10 @@ pub enum ProxyError {
     Copy(io::Error),
     #[error("closed: authorization policy now denies it")]
     Revoked,
+    #[error("refused: {0}")]
+    ForgedSource(Box<super::client_address::ForgedSource>),
+    #[error("the client reset the stream before it was connected")]
+    ClientReset,
 }
 
 impl ProxyError {
@@ -84,6 +88,8 @@ impl ProxyError {
             | Self::Handshake(_)
             | Self::Protocol(_)
             | Self::Revoked
+            | Self::ForgedSource(_)
+            | Self::ClientReset
             // A reset mid-stream may come from either side; the client sees it
             // either way, so it counts against the downstream, like Envoy's DC.
             | Self::Copy(_) => Fault::Downstream,
@@ -107,10 +113,10 @@ impl ProxyError {
             Self::NoEndpoints { .. } => "UH",
             Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_) | Self::Hbone { .. } => "UF",
             Self::Certificate(_) | Self::Handshake(_) | Self::UnknownSource(_) | Self::AuthorityMismatch { .. } => "UF",
-            Self::Denied(_) | Self::DeniedByPeer | Self::PlaintextRefused(_) => "DENY",
+            Self::Denied(_) | Self::DeniedByPeer | Self::PlaintextRefused(_) | Self::ForgedSource(_) => "DENY",
             Self::Revoked => "REVOKED",
             Self::Protocol(_) => "DPE",
-            Self::Copy(_) => "DC",
+            Self::Copy(_) | Self::ClientReset => "DC",
         }
     }
 

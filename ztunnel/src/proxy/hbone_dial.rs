@@ -1,19 +1,20 @@
 //! How the HBONE pool reaches a peer: TCP to the destination pod's IP on
-//! port 15008 (the destination node captures it), then TLS as the source
-//! workload's identity, accepting only the destination's. A destination
-//! pod on this very node is reached through our own HBONE listener: the
-//! socket carries the capture mark, so policy routing delivers it locally.
+//! port 15008 (the destination node captures it), from the client pod's own
+//! IP, then TLS as the source workload's identity, accepting only the
+//! destination's. A destination pod on this very node is reached through
+//! our own HBONE listener instead (see [`HboneSource::ThisNode`]). The pool
+//! bounds the whole dial with its deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh::hbone::HboneError;
 use mesh::hbone::pool::{DialFuture, Dialer, Io, PoolKey};
+use mesh::tcp::TcpOptions;
 use mesh::tls;
 use tokio_rustls::TlsConnector;
 
-use super::socket;
+use super::socket::{self, HboneSource};
 use crate::identity::CertManager;
 use crate::state::State;
 
@@ -22,7 +23,7 @@ pub struct HboneDialer {
     pub certs: CertManager,
     pub state: State,
     pub node: String,
-    pub connect_timeout: Duration,
+    pub tcp: TcpOptions,
 }
 
 impl HboneDialer {
@@ -46,10 +47,9 @@ impl HboneDialer {
             self.certs.get(&key.src).await.map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
         let config = tls::client_config(&cert.cert, self.certs.trust(), vec![key.dst.clone()])
             .map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
-        let local = self.is_local_pod(hop.ip());
-        let tcp = tokio::time::timeout(self.connect_timeout, socket::connect_hbone(hop, local))
+        let source = if self.is_local_pod(hop.ip()) { HboneSource::ThisNode } else { HboneSource::Pod(key.src_ip) };
+        let tcp = socket::connect_hbone(hop, source, &self.tcp)
             .await
-            .map_err(|_| HboneError::Connect { addr: hop, cause: std::io::ErrorKind::TimedOut.into() })?
             .map_err(|cause| HboneError::Connect { addr: hop, cause })?;
         let mut tls = TlsConnector::from(Arc::clone(&config))
             .connect(tls::server_name(hop.ip()), tcp)

@@ -4,11 +4,14 @@
 //! Per TCP connection: the address it arrived for names the destination
 //! pod; TLS is accepted with that pod's identity and must present a client
 //! certificate from our trust domain. Per CONNECT stream, in order:
-//! 1. the authority's IP must be the arrival address (else 400);
-//! 2. it must be a local enrolled workload (else 503);
-//! 3. authorization, with the peer's proven identity (else 401);
-//! 4. connect to the pod as the original client (else 503), answer 200;
-//! 5. copy both ways until done, or until policy stops allowing it.
+//! 1. the client's address must fit the peer's proven identity
+//!    ([`client_address`]; else 401);
+//! 2. the authority's IP must be the arrival address (else 400);
+//! 3. it must be a local enrolled workload (else 503);
+//! 4. authorization, with the peer's proven identity (else 401);
+//! 5. connect to the pod as the original client (else 503), unless the
+//!    client reset the stream first; answer 200;
+//! 6. copy both ways until done, or until policy stops allowing it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
@@ -29,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info_span};
 
+use super::client_address::{FORGED_SOURCE, client_address};
 use super::connections::Tracked;
 use super::listener::Listener;
 use super::record::Record;
@@ -47,7 +51,7 @@ pub struct Inbound {
 
 impl Inbound {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        Ok(Self { listener: Listener::bind("hbone", addr)?, ctx })
+        Ok(Self { listener: Listener::bind("hbone", addr, &ctx)?, ctx })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -72,9 +76,6 @@ impl Inbound {
 
 pub(super) async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
     let Ok(arrived) = tcp.local_addr() else { return };
-    // Small frames (HEADERS, WINDOW_UPDATE) must not wait for the peer's
-    // delayed ACK behind Nagle: that costs 40 ms a time.
-    let _ = tcp.set_nodelay(true);
     let rejected = |error: ProxyError| Record::new("inbound", peer, arrived).finish(Err(error));
     let snapshot = ctx.state.current();
     let Some(destination) = local_enrolled(&snapshot.snapshot, &ctx.node, arrived.ip()) else {
@@ -93,12 +94,13 @@ pub(super) async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, pe
     tls.get_mut().1.set_buffer_limit(Some(mesh::hbone::TLS_SEND_BUFFER));
     // Client certificates are mandatory, so a finished handshake has one.
     let Some(client) = tls::peer_identity(tls.get_ref().1) else { return };
+    let ctx_limits = ctx.hbone_limits;
     let streams = drain.clone();
     let handler = move |request: ConnectRequest, responder: Responder| {
         let span = info_span!("stream", authority = %request.authority);
         handle_stream(ctx.clone(), arrived, peer, client.clone(), request, responder).instrument(span)
     };
-    if let Err(error) = server::serve_connection(tls, streams, handler).await {
+    if let Err(error) = server::serve_connection(tls, ctx_limits, streams, handler).await {
         // Its streams have their own lines; this one is for the connection.
         Record::new("inbound", peer, arrived).finish(Err(ProxyError::Protocol(error)));
     }
@@ -110,13 +112,23 @@ pub(super) async fn handle_stream(
     tcp_peer: SocketAddr,
     client: Identity,
     request: ConnectRequest,
-    responder: Responder,
+    mut responder: Responder,
 ) {
+    let current = ctx.state.current();
     let forwarded = request.headers.get(headers::FORWARDED).and_then(|v| v.to_str().ok());
-    let src = forwarded.and_then(headers::parse_forwarded_addr).unwrap_or(SocketAddr::new(tcp_peer.ip(), 0));
+    let claimed = forwarded.and_then(headers::parse_forwarded_addr);
+    let src = match client_address(&current.snapshot, &ctx.trust_domain, &client, tcp_peer, claimed) {
+        Ok(src) => src,
+        Err(forged) => {
+            metrics::counter!(FORGED_SOURCE, "claim" => forged.claim()).increment(1);
+            let mut record = Record::new("inbound", claimed.unwrap_or(tcp_peer), request.authority);
+            record.src_identity = Some(client);
+            responder.reject(StatusCode::UNAUTHORIZED);
+            return record.finish(Err(ProxyError::ForgedSource(forged)));
+        }
+    };
     let mut record = Record::new("inbound", src, request.authority);
     record.src_identity = Some(client.clone());
-    let current = ctx.state.current();
     let destination = match admit(&ctx, &current.snapshot, arrived, &request, &mut record) {
         Ok(destination) => destination,
         Err((status, error)) => {
@@ -124,7 +136,15 @@ pub(super) async fn handle_stream(
             return record.finish(Err(error));
         }
     };
-    let mut upstream = match connect_local(&ctx, request.authority, src.ip()).await {
+    // A stream the client has already reset gets no connection to the pod:
+    // otherwise resetting streams as fast as they open would make the pod
+    // accept connections nobody uses.
+    let connected = tokio::select! {
+        biased;
+        () = responder.reset() => return record.finish(Err(ProxyError::ClientReset)),
+        connected = connect_local(&ctx, request.authority, src.ip()) => connected,
+    };
+    let mut upstream = match connected {
         Ok(upstream) => upstream,
         Err(error) => {
             responder.reject(StatusCode::SERVICE_UNAVAILABLE);
@@ -198,7 +218,7 @@ pub(super) async fn connect_local(
     client: IpAddr,
 ) -> Result<TcpStream, ProxyError> {
     let source = (client != pod.ip()).then_some(client);
-    socket::connect(pod, source, ctx.connect_timeout).await
+    socket::connect(pod, source, ctx.connect_timeout, &ctx.tcp).await
 }
 
 /// The client's side of an inbound connection.

@@ -31,7 +31,7 @@ pub struct InboundPlain {
 
 impl InboundPlain {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        Ok(Self { listener: Listener::bind("inbound plaintext", addr)?, ctx })
+        Ok(Self { listener: Listener::bind("inbound plaintext", addr, &ctx)?, ctx })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -50,7 +50,6 @@ impl InboundPlain {
 
 pub(super) async fn handle(ctx: Arc<ProxyContext>, mut downstream: TcpStream, peer: SocketAddr) {
     let Ok(dst) = downstream.local_addr() else { return };
-    let _ = downstream.set_nodelay(true);
     let span = info_span!("inbound_plaintext", id = ctx.connection_id(), src = %peer, dst = %dst);
     async move {
         let mut record = Record::new("inbound_plaintext", peer, dst);

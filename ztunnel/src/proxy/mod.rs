@@ -10,6 +10,7 @@
 //! Every connection gets one tracing span and ends with exactly one line on
 //! the `access` target ([`record`]).
 
+mod client_address;
 mod connections;
 mod error;
 mod hbone_dial;
@@ -27,11 +28,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use client_address::FORGED_SOURCE;
 pub use connections::Connections;
 pub use error::ProxyError;
 pub use hbone_dial::HboneDialer;
+pub use listener::{ConnectionLimits, LISTENER_REFUSED};
 use mesh::config::{Snapshot, Workload};
 use mesh::hbone::pool::Pool;
+use mesh::hbone::server::ServerLimits;
+use mesh::tcp::TcpOptions;
 
 use crate::identity::CertManager;
 use crate::state::State;
@@ -49,6 +54,14 @@ pub struct ProxyContext {
     /// Ports the agent itself listens on; captured connections to them are refused.
     pub own_ports: Vec<u16>,
     pub connect_timeout: Duration,
+    /// Keepalive and user timeout of every socket the data path opens or accepts.
+    pub tcp: TcpOptions,
+    /// What one HBONE client connection may cost.
+    pub hbone_limits: ServerLimits,
+    /// Connections the outbound and plaintext listeners take, in all and per peer.
+    pub connection_limits: ConnectionLimits,
+    /// Connections the HBONE listener takes, in all and per peer.
+    pub hbone_connection_limits: ConnectionLimits,
     /// The node's own addresses, kept current by capture.
     local_addresses: RwLock<HashSet<IpAddr>>,
     next_id: AtomicU64,
@@ -61,6 +74,10 @@ pub struct ContextSettings {
     pub trust_domain: String,
     pub own_ports: Vec<u16>,
     pub connect_timeout: Duration,
+    pub tcp: TcpOptions,
+    pub hbone_limits: ServerLimits,
+    pub connection_limits: ConnectionLimits,
+    pub hbone_connection_limits: ConnectionLimits,
 }
 
 impl ProxyContext {
@@ -74,6 +91,10 @@ impl ProxyContext {
             connections: Connections::default(),
             own_ports: settings.own_ports,
             connect_timeout: settings.connect_timeout,
+            tcp: settings.tcp,
+            hbone_limits: settings.hbone_limits,
+            connection_limits: settings.connection_limits,
+            hbone_connection_limits: settings.hbone_connection_limits,
             local_addresses: RwLock::default(),
             next_id: AtomicU64::new(1),
         })

@@ -40,7 +40,7 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(addr: SocketAddr, ctx: Arc<ProxyContext>) -> Result<Self, BindError> {
-        Ok(Self { listener: Listener::bind("outbound", addr)?, ctx })
+        Ok(Self { listener: Listener::bind("outbound", addr, &ctx)?, ctx })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -102,7 +102,9 @@ fn resolve(
     orig_dst: SocketAddr,
     record: &mut Record,
 ) -> Result<Upstream, ProxyError> {
-    let source = snapshot.workload_by_ip(peer.ip());
+    // Only this node's pods can be captured here; a workload elsewhere with
+    // this address is not who is calling.
+    let source = snapshot.workload_by_ip(peer.ip()).filter(|w| w.node == ctx.node);
     record.src_workload = source.map(Workload::qualified_name);
     record.src_identity = source.map(|w| w.identity(&ctx.trust_domain));
     if ctx.is_own_address(orig_dst) {
@@ -118,6 +120,7 @@ fn resolve(
         let key = PoolKey {
             src: src.identity(&ctx.trust_domain),
             dst: dst.identity(&ctx.trust_domain),
+            src_ip: peer.ip(),
             next_hop: hbone_dial::next_hop(upstream_addr.ip()),
         };
         record.dst_identity = Some(key.dst.clone());
@@ -182,12 +185,11 @@ async fn forward(
     upstream: Upstream,
     record: &Record,
 ) -> Result<(), ProxyError> {
-    let _ = downstream.set_nodelay(true);
     let counters = record.byte_counters();
     let never = CancellationToken::new();
     let end = match upstream {
         Upstream::Plain { addr, source } => {
-            let mut stream = match socket::connect(addr, source, ctx.connect_timeout).await {
+            let mut stream = match socket::connect(addr, source, ctx.connect_timeout, &ctx.tcp).await {
                 Ok(stream) => stream,
                 Err(error) => {
                     socket::reset_on_close(&downstream);
