@@ -200,6 +200,12 @@ impl Cluster {
         self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
     }
 
+    /// The node-side end of a pod's veth (in its node's namespace).
+    pub fn pod_veth(&self, name: &str) -> String {
+        let index = self.pods.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"));
+        format!("veth{index}")
+    }
+
     /// Sets a namespace's labels (creating it in the config if needed).
     pub fn set_namespace_labels(&mut self, name: &str, labels: Labels) {
         match self.config.namespaces.iter_mut().find(|n| n.name == name) {
@@ -367,17 +373,18 @@ impl Cluster {
         ztunnel.stop().await
     }
 
-    /// Scrapes node `node`'s agent metrics (Prometheus text).
-    pub async fn metrics(&self, node: usize) -> anyhow::Result<String> {
+    /// Scrapes node `node`'s agent metrics.
+    pub async fn metrics(&self, node: usize) -> anyhow::Result<crate::http::Metrics> {
         let (status, body) = crate::http::get(&self.nodes[node].netns, "127.0.0.1:15020".parse()?, "/metrics").await?;
         anyhow::ensure!(status == 200, "metrics endpoint answered {status}: {body}");
-        Ok(body)
+        crate::http::Metrics::parse(&body)
     }
 
-    /// Connections node `node`'s agent has accepted so far. Capture hands a
-    /// connection over at its first packet, so this tells captured from direct.
+    /// Connections node `node`'s agent has accepted so far (0 before the
+    /// first: the counter appears with it). Capture hands a connection over
+    /// at its first packet, so this tells captured from direct.
     pub async fn opened(&self, node: usize) -> anyhow::Result<f64> {
-        Ok(crate::http::metric_sum(&self.metrics(node).await?, "istio_tcp_connections_opened_total", &[]))
+        Ok(self.metrics(node).await?.sum_or_zero("istio_tcp_connections_opened_total", &[]))
     }
 
     pub fn ztunnel(&self, node: usize) -> &Ztunnel {

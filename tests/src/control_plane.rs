@@ -230,10 +230,10 @@ impl ControlPlane {
     }
 
     /// Scrapes the controller's metrics (Prometheus text).
-    pub async fn metrics(&self) -> anyhow::Result<String> {
+    pub async fn metrics(&self) -> anyhow::Result<crate::http::Metrics> {
         let (status, body) = crate::http::get(&self.netns, METRICS_ADDR, "/metrics").await?;
         anyhow::ensure!(status == 200, "controller metrics answered {status}: {body}");
-        Ok(body)
+        crate::http::Metrics::parse(&body)
     }
 }
 

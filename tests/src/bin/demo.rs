@@ -131,10 +131,8 @@ async fn show_fail_closed(bed: &mut Standard) -> anyhow::Result<()> {
 async fn counts(bed: &Standard) -> anyhow::Result<Vec<(f64, f64)>> {
     let mut counts = Vec::new();
     for node in 0..bed.cluster.nodes.len() {
-        let text = bed.cluster.metrics(node).await?;
-        let opened = |reporter| {
-            ambit_tests::http::metric_sum(&text, "istio_tcp_connections_opened_total", &[("reporter", reporter)])
-        };
+        let scraped = bed.cluster.metrics(node).await?;
+        let opened = |reporter| scraped.sum_or_zero("istio_tcp_connections_opened_total", &[("reporter", reporter)]);
         counts.push((opened("source"), opened("destination")));
     }
     Ok(counts)

@@ -5,7 +5,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ambit_tests::http::metric_sum;
 use ambit_tests::require_root;
 use ambit_tests::sample::{Server, echo_connect, echo_roundtrip, exchange};
 use ambit_tests::topology::{APP_PORT, Standard};
@@ -110,7 +109,7 @@ async fn a_policy_change_closes_live_connections_it_denies() {
     echo_roundtrip(&mut spared, b"still allowed").await.unwrap();
     let log = access_log_in(&bed.cluster, 1, "inbound", client_ip, &n2b.to_string()).await;
     assert_eq!(log["response_flags"], "REVOKED", "{log}");
-    assert_eq!(metric_sum(&metrics(&bed.cluster, 1).await, "ambit_connections_closed_by_policy_total", &[]), 1.0);
+    assert_eq!(metrics(&bed.cluster, 1).await.sum("ambit_connections_closed_by_policy_total", &[]).unwrap(), 1.0);
 }
 
 fn peer_authentication(namespace: &str, mode: &str) -> Vec<PeerAuthentication> {
@@ -138,8 +137,7 @@ async fn strict_refuses_plaintext_and_permissive_admits_it_as_unknown() {
         ("connection_security_policy", "unknown"),
         ("destination_workload", "n2-a"),
     ];
-    let text = metrics(&bed.cluster, 1).await;
-    assert_eq!(metric_sum(&text, "istio_tcp_connections_opened_total", &labels), 1.0, "{text}");
+    assert_eq!(metrics(&bed.cluster, 1).await.sum("istio_tcp_connections_opened_total", &labels).unwrap(), 1.0);
 
     let plain = bed.cluster.pod("n1-plain");
     let (_, mut open_plaintext) = echo_connect(&plain.netns, &plain.name, n2a).await.unwrap();

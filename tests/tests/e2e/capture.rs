@@ -1,12 +1,15 @@
 //! Capture and forwarding: who reaches whom, through ztunnel or not.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use ambit_tests::pcap::{self, Capture};
 use ambit_tests::require_root;
 use ambit_tests::sample::exchange;
 use ambit_tests::topology::{APP_PORT, Standard};
 
-use crate::support::{MIB, access_log, access_log_in, logged_outbound_source, opened_outbound};
+use crate::support::{
+    MIB, WAIT, access_log, access_log_in, logged_outbound_source, metrics, opened_outbound, wait_for_metric,
+};
 
 /// Test 1: an enrolled pod moves 64 MiB each way to a pod on the other node
 /// and to one on its own node. The bytes arrive intact, the destination sees
@@ -69,6 +72,11 @@ async fn non_enrolled_pod_is_not_captured_at_its_source() {
     // captured connection would be counted before its exchange finished.
     assert_eq!(opened_outbound(&bed.cluster, 0).await, before, "the source node captured a non-enrolled pod");
     assert!(!logged_outbound_source(&bed.cluster, 0, IpAddr::V4(client.ip)));
+    // The counter read above is live: an enrolled pod's connection moves it.
+    let enrolled = bed.cluster.pod("n1-a");
+    exchange(&enrolled.netns, &enrolled.name, bed.cluster.pod("n2-a").addr(APP_PORT), 64, 64).await.unwrap();
+    let counted = metrics(&bed.cluster, 0).await.sum("istio_tcp_connections_opened_total", &[("reporter", "source")]);
+    assert_eq!(counted.unwrap(), before + 1.0);
     // At the enrolled destinations it arrives as plaintext without identity.
     let to_n2a = bed.cluster.pod("n2-a").addr(APP_PORT).to_string();
     let log = access_log_in(&bed.cluster, 1, "inbound_plaintext", IpAddr::V4(client.ip), &to_n2a).await;
@@ -144,4 +152,49 @@ async fn source_ports_are_reusable_after_ztunnel_closed_first() {
         let done = tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await;
         assert!(matches!(done, Ok(Ok(()))), "connection {round} failed: {done:?}");
     }
+}
+
+/// A pod that sends with another local pod's address (here: `n1-plain`
+/// with `n1-b`'s) gets neither that pod's identity nor its connections:
+/// capture drops the packets at the sender's own interface and counts
+/// them. On the wire, nothing answers towards the real owner of the
+/// address, which the owner's own connection shows would be seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cannot_borrow_another_pods_address() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let (spoofer, victim) = (bed.cluster.pod("n1-plain"), bed.cluster.pod("n1-b"));
+    let target = bed.cluster.pod("n2-a").addr(APP_PORT);
+    let node = &bed.cluster.nodes[0].netns;
+    let capture = Capture::start(node, &bed.cluster.pod_veth("n1-b")).await.unwrap();
+    // The owner's own connection: its answers show on its interface.
+    exchange(&victim.netns, &victim.name, target, 64, 64).await.unwrap();
+
+    spoofer.netns.ip_batch(&[format!("addr add {}/32 dev eth0", victim.ip)]).unwrap();
+    let dials_before = bed.servers["n2-a"].accepted();
+    let socket = spoofer.netns.socket(target).unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(victim.ip), 0)).unwrap();
+    let attempt = tokio::spawn(socket.connect(target));
+    let spoofed = [("reason", "spoofed_source")];
+    wait_for_metric(&bed.cluster, 0, "ambit_capture_dropped_packets_total", &spoofed, |n| n >= 1.0).await;
+    attempt.abort();
+
+    // The owner connects once more; once its request shows, the capture
+    // has seen everything before it.
+    let marker = "n1-b-after-the-spoofing";
+    exchange(&victim.netns, marker, target, 64, 64).await.unwrap();
+    capture.wait_for(marker.as_bytes(), WAIT).await.unwrap();
+    let packets = capture.stop().await.unwrap();
+    let answers = format!("tcp src port {APP_PORT} and dst host {} and tcp[tcpflags] & tcp-syn != 0", victim.ip);
+    let syn_acks = pcap::summaries(&packets, &answers).await.unwrap();
+    assert_eq!(syn_acks.len(), 2, "only the owner's two connections were answered: {syn_acks:#?}");
+    assert_eq!(bed.servers["n2-a"].accepted(), dials_before + 1, "the borrowed address reached the server");
+    let ztunnel = bed.cluster.ztunnel(0);
+    let as_victim = || {
+        let prefix = format!("{}:", victim.ip);
+        let from_victim = |r: &&serde_json::Value| r["src.addr"].as_str().is_some_and(|a| a.starts_with(&prefix));
+        ztunnel.access_logs().iter().filter(|r| r["direction"] == "outbound").filter(from_victim).count()
+    };
+    ztunnel.wait_for_log("the owner's two access lines", WAIT, |_| as_victim() >= 2).await.unwrap();
+    assert_eq!(as_victim(), 2, "ztunnel took a connection in the owner's name that the owner never made");
 }

@@ -49,6 +49,33 @@ async fn cross_node_traffic_is_mutual_tls_on_the_wire() {
     assert_eq!(log["dst.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n2-a");
 }
 
+/// The outer HBONE connection leaves from the client pod's own address, as
+/// Istio's ztunnel dials, so a destination that trusts the TCP peer (Istio's
+/// does, and ignores `forwarded`) sees the pod, not the node. Every SYN to
+/// port 15008 on the underlay comes from the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_leaves_from_the_pods_own_address() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let (client, server) = (bed.cluster.pod("n1-b"), bed.cluster.pod("n2-a"));
+    let capture = Capture::start(&bed.cluster.nodes[0].netns, "eth0").await.unwrap();
+    let done = exchange(&client.netns, &client.name, server.addr(APP_PORT), 1024, 1024).await.unwrap();
+    assert_eq!(done.hello.peer.ip(), IpAddr::V4(client.ip), "the pod sees its client's own address");
+    let after = marker("source-after");
+    let plain = bed.cluster.pod("n1-plain");
+    exchange(&plain.netns, &after, bed.cluster.pod("n2-plain").addr(APP_PORT), 64, 64).await.unwrap();
+    capture.wait_for(after.as_bytes(), WAIT).await.unwrap();
+    let packets = capture.stop().await.unwrap();
+    let syns = pcap::summaries(&packets, "tcp dst port 15008 and tcp[tcpflags] & tcp-syn != 0").await.unwrap();
+    assert!(!syns.is_empty(), "no HBONE connection was opened");
+    for syn in &syns {
+        assert_eq!(pcap::source_ip(syn), Some(IpAddr::V4(client.ip)), "an HBONE SYN from elsewhere: {syn}");
+    }
+    let inbound =
+        access_log_in(&bed.cluster, 1, "inbound", IpAddr::V4(client.ip), &server.addr(APP_PORT).to_string()).await;
+    assert_eq!(inbound["src.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n1-b");
+}
+
 /// Test 1, same node: the tunnel crosses the node's loopback (the only
 /// link it uses), in TLS 1.3 too. A marker sent to the node's own address
 /// over loopback afterwards proves the capture saw everything before it.
@@ -88,7 +115,7 @@ async fn destination_sees_the_source_principal() {
     assert_eq!(log["src.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n1-b");
     assert_eq!(log["src.workload"], "mesh/n1-b");
     assert_eq!(log["dst.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n2-b");
-    let text = metrics(&bed.cluster, 1).await;
+    let scraped = metrics(&bed.cluster, 1).await;
     let labels = [
         ("reporter", "destination"),
         ("source_principal", "cluster.local/ns/mesh/sa/sa-n1-b"),
@@ -96,7 +123,7 @@ async fn destination_sees_the_source_principal() {
         ("destination_principal", "cluster.local/ns/mesh/sa/sa-n2-b"),
         ("connection_security_policy", "mutual_tls"),
     ];
-    assert_eq!(ambit_tests::http::metric_sum(&text, "istio_tcp_connections_opened_total", &labels), 1.0, "{text}");
+    assert_eq!(scraped.sum("istio_tcp_connections_opened_total", &labels).unwrap(), 1.0);
 }
 
 /// Test 8: 500 sequential tunnelled connections to one destination share a
@@ -109,10 +136,10 @@ async fn sequential_connections_reuse_pooled_tunnels() {
     for _ in 0..500 {
         exchange(&client.netns, &client.name, server.addr(APP_PORT), 64, 64).await.unwrap();
     }
-    let text = metrics(&bed.cluster, 0).await;
-    let pooled = ambit_tests::http::metric_sum(&text, "ambit_hbone_pool_connections_opened_total", &[]);
+    let scraped = metrics(&bed.cluster, 0).await;
+    let pooled = scraped.sum("ambit_hbone_pool_connections_opened_total", &[]).unwrap();
     assert!((1.0..=3.0).contains(&pooled), "{pooled} HBONE connections for 500 tunnels");
-    let tunnels = ambit_tests::http::metric_sum(&text, "istio_tcp_connections_opened_total", &[("reporter", "source")]);
+    let tunnels = scraped.sum("istio_tcp_connections_opened_total", &[("reporter", "source")]).unwrap();
     assert_eq!(tunnels, 500.0);
     let dump = crate::support::config_dump(&bed.cluster, 0).await;
     assert!(dump["pool"]["connections"].as_array().is_some_and(|c| !c.is_empty()), "{}", dump["pool"]);

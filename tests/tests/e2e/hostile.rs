@@ -8,12 +8,13 @@
 //! | garbage after the handshake     | connection closed (HTTP/2 preface error)|
 //! | CONNECT to a non-local IP       | 400 on that stream                      |
 //! | CONNECT without an authority    | 400 or stream reset                     |
-//! | a flood of streams reset at once| that connection closed (ENHANCE_YOUR_CALM) or answered |
+//! | a flood of streams reset at once| no dial to the pod; the connection may be closed (ENHANCE_YOUR_CALM) |
+//! | a `forwarded` address the certificate does not vouch for | 401, counted, no dial |
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use ambit_tests::hbone_client::{self, connect_status, h2, issue, issue_valid};
+use ambit_tests::hbone_client::{self, connect_status, connect_status_with, h2, issue, issue_valid};
 use ambit_tests::require_root;
 use ambit_tests::sample::{echo_connect, echo_roundtrip, exchange};
 use ambit_tests::topology::{APP_PORT, Standard};
@@ -21,7 +22,7 @@ use mesh::ca::CertificateAuthority;
 use mesh::identity::Identity;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::WAIT;
+use crate::support::{WAIT, wait_for_metric};
 
 fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "mesh", sa)
@@ -118,29 +119,90 @@ async fn hostile_hbone_input_is_refused_without_harm() {
     assert_eq!(connect_status(&mut send, &good).await.unwrap(), http::StatusCode::OK, "other streams must be unharmed");
     assert_unharmed(&bed, &mut live).await;
 
-    // A flood of streams, each reset as soon as it is sent.
-    let tls = hbone_client::connect(attacker, target.hop, &valid, &roots, target.server.clone()).await.unwrap();
-    let mut flood = h2(tls).await.unwrap();
+    let (status, _) =
+        ambit_tests::http::get(&bed.cluster.nodes[1].netns, "127.0.0.1:15021".parse().unwrap(), "/healthz/ready")
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "ztunnel must stay ready");
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487's pattern) on port 15008: a client
+/// opens CONNECT streams to a pod and resets each at once. No reset stream
+/// may make the agent dial the pod (counted at the pod's server, which
+/// sees every dial), and the legitimate traffic beside it is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_never_dials_the_pod() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let n2a = bed.cluster.pod("n2-a");
+    let hop = SocketAddr::new(IpAddr::V4(n2a.ip), 15008);
+    let client = bed.cluster.pod("n1-a");
+    let (_, mut live) = echo_connect(&client.netns, &client.name, n2a.addr(APP_PORT)).await.unwrap();
+    let attacker = &bed.cluster.outside.as_ref().unwrap().netns;
+    let roots = bed.cluster.ca().root_pem().to_owned();
+    let valid = issue_valid(bed.cluster.ca(), &id("hostile")).unwrap();
+    let good = n2a.addr(APP_PORT).to_string();
+    let dials_before = bed.servers["n2-a"].accepted();
     let mut sent = 0;
-    for _ in 0..2000 {
-        let Ok(ready) = flood.clone().ready().await else { break };
-        flood = ready;
-        let request = http::Request::builder().method(http::Method::CONNECT).uri(good.as_str()).body(()).unwrap();
-        match flood.send_request(request, false) {
-            Ok((response, stream)) => {
-                drop((response, stream));
-                sent += 1;
-            }
-            Err(_) => break,
-        }
+    // Several connections: a flood may end its connection (GOAWAY), and the
+    // attacker simply opens another.
+    for _ in 0..10 {
+        let tls = hbone_client::connect(attacker, hop, &valid, &roots, id("sa-n2-a")).await.unwrap();
+        sent += hbone_client::rapid_reset_flood(tls, &good, 500).await.unwrap();
     }
-    assert!(sent > 0);
+    assert!(sent >= 100, "the flood sent only {sent} streams");
+    // Every stream the agent took is settled once only the live tunnel is
+    // open again; then count what reached the pod.
+    wait_for_metric(&bed.cluster, 1, "ambit_open_connections", &[("direction", "inbound")], |open| open == 1.0).await;
+    let dials = bed.servers["n2-a"].accepted() - dials_before;
+    assert_eq!(dials, 0, "{sent} reset streams made the agent dial the pod {dials} times");
     assert_unharmed(&bed, &mut live).await;
     let (status, _) =
         ambit_tests::http::get(&bed.cluster.nodes[1].netns, "127.0.0.1:15021".parse().unwrap(), "/healthz/ready")
             .await
             .unwrap();
     assert_eq!(status, 200, "ztunnel must stay ready");
+}
+
+/// A mesh certificate proves an identity, not an address: a client that
+/// claims (in `forwarded`) the address of a pod running as another
+/// identity, or of no workload at all, is refused with 401, counted, and
+/// the pod is never dialed. Without a claim, it is what TCP says it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_client_addresses_are_refused() {
+    require_root();
+    let bed = Standard::start().await.unwrap();
+    let n2a = bed.cluster.pod("n2-a");
+    let hop = SocketAddr::new(IpAddr::V4(n2a.ip), 15008);
+    let attacker = &bed.cluster.outside.as_ref().unwrap().netns;
+    let roots = bed.cluster.ca().root_pem().to_owned();
+    // A genuine certificate of one mesh workload (n1-a's identity).
+    let stolen = issue_valid(bed.cluster.ca(), &id("sa-n1-a")).unwrap();
+    let tls = hbone_client::connect(attacker, hop, &stolen, &roots, id("sa-n2-a")).await.unwrap();
+    let mut send = h2(tls).await.unwrap();
+    let good = n2a.addr(APP_PORT).to_string();
+    let dials_before = bed.servers["n2-a"].accepted();
+
+    let other_pod = format!("for=\"{}:4000\"", bed.cluster.pod("n1-b").ip);
+    let status = connect_status_with(&mut send, &good, &[("forwarded", &other_pod)]).await.unwrap();
+    assert_eq!(status, http::StatusCode::UNAUTHORIZED, "claiming a pod of another identity");
+    let nobody = "for=\"192.0.2.7:4000\"";
+    let status = connect_status_with(&mut send, &good, &[("forwarded", nobody)]).await.unwrap();
+    assert_eq!(status, http::StatusCode::UNAUTHORIZED, "claiming an address of no workload");
+    assert_eq!(bed.servers["n2-a"].accepted(), dials_before, "a refused stream dialed the pod");
+    let logged =
+        server_logged(&bed, "forged source", |r| r["response_flags"] == "DENY" && error_of(r).contains("192.0.2.7"))
+            .await;
+    assert_eq!(logged["src.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n1-a");
+    let metrics = bed.cluster.metrics(1).await.unwrap();
+    assert_eq!(metrics.sum("ambit_hbone_forged_source_total", &[("claim", "address")]).unwrap(), 1.0);
+    assert_eq!(metrics.sum("ambit_hbone_forged_source_total", &[("claim", "forwarded")]).unwrap(), 1.0);
+
+    // The identity's own address is fine; so is no claim (the outside's own IP).
+    let own = format!("for=\"{}:4000\"", bed.cluster.pod("n1-a").ip);
+    assert_eq!(connect_status_with(&mut send, &good, &[("forwarded", &own)]).await.unwrap(), http::StatusCode::OK);
+    assert_eq!(connect_status_with(&mut send, &good, &[]).await.unwrap(), http::StatusCode::OK);
+    assert_eq!(bed.servers["n2-a"].accepted(), dials_before + 2, "each accepted stream dials the pod once");
 }
 
 /// Completes what a TLS 1.3 client cannot know at `connect`: whether the

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_tests::http::metric_sum;
 use ambit_tests::require_root;
 use ambit_tests::sample::{echo_on, echo_roundtrip};
 use ambit_tests::topology::{APP_PORT, Standard};
@@ -62,6 +61,6 @@ async fn thousand_concurrent_connections_complete_without_leaks() {
         })
         .await
         .unwrap();
-    let open = metric_sum(&metrics(&bed.cluster, 0).await, "ambit_open_connections", &[]);
+    let open = metrics(&bed.cluster, 0).await.sum("ambit_open_connections", &[]).unwrap();
     assert_eq!(open, 0.0, "connections leaked in ztunnel");
 }

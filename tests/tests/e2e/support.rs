@@ -11,8 +11,31 @@ pub const MIB: u64 = 1024 * 1024;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Scrapes node `node`'s agent metrics.
-pub async fn metrics(cluster: &Cluster, node: usize) -> String {
+pub async fn metrics(cluster: &Cluster, node: usize) -> ambit_tests::http::Metrics {
     cluster.metrics(node).await.unwrap()
+}
+
+/// Waits (up to [`WAIT`]) until the sum of node `node`'s series `name`
+/// with `labels` satisfies `done`; fails if it never does, or if the
+/// metric does not exist.
+pub async fn wait_for_metric(
+    cluster: &Cluster,
+    node: usize,
+    name: &str,
+    labels: &[(&str, &str)],
+    done: impl Fn(f64) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let metrics = cluster.metrics(node).await.unwrap();
+        let value = metrics.sum(name, labels).unwrap();
+        if done(value) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name}{labels:?} stayed at {value}:\n{}", metrics.text());
+    }
 }
 
 /// Connections node `node`'s agent has accepted so far.
@@ -62,13 +85,10 @@ pub fn logged_outbound_source(cluster: &Cluster, node: usize, src: IpAddr) -> bo
         .any(|r| r["direction"] == "outbound" && r["src.addr"].as_str().is_some_and(|s| s.starts_with(&src_prefix)))
 }
 
-/// Outbound connections node `node`'s agent has accepted so far.
+/// Outbound connections node `node`'s agent has accepted so far (0
+/// before the first).
 pub async fn opened_outbound(cluster: &Cluster, node: usize) -> f64 {
-    ambit_tests::http::metric_sum(
-        &metrics(cluster, node).await,
-        "istio_tcp_connections_opened_total",
-        &[("reporter", "source")],
-    )
+    metrics(cluster, node).await.sum_or_zero("istio_tcp_connections_opened_total", &[("reporter", "source")])
 }
 
 /// Node `node`'s agent's `/config_dump`.

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use ambit_tests::http::metric_sum;
 use ambit_tests::require_root;
 use ambit_tests::sample::{echo_connect, echo_roundtrip, exchange};
 use ambit_tests::topology::{APP_PORT, Standard};
@@ -37,7 +36,7 @@ async fn metrics_match_what_was_sent() {
             })
             .await
             .unwrap();
-        let text = metrics(&bed.cluster, node).await;
+        let scraped = metrics(&bed.cluster, node).await;
         let labels = [
             ("reporter", reporter),
             ("source_workload", "n1-a"),
@@ -46,8 +45,8 @@ async fn metrics_match_what_was_sent() {
             ("connection_security_policy", "mutual_tls"),
             ("request_protocol", "tcp"),
         ];
-        let count = |name| metric_sum(&text, name, &labels);
-        assert_eq!(count("istio_tcp_connections_opened_total"), CONNECTIONS as f64, "{reporter}\n{text}");
+        let count = |name| scraped.sum(name, &labels).unwrap();
+        assert_eq!(count("istio_tcp_connections_opened_total"), CONNECTIONS as f64, "{reporter}");
         assert_eq!(count("istio_tcp_connections_closed_total"), CONNECTIONS as f64, "{reporter}");
         let received = count("istio_tcp_received_bytes_total") as u64;
         let sent = count("istio_tcp_sent_bytes_total") as u64;
@@ -59,7 +58,7 @@ async fn metrics_match_what_was_sent() {
             (CONNECTIONS * DOWNLOAD..=CONNECTIONS * (DOWNLOAD + OVERHEAD)).contains(&sent),
             "{reporter} sent {sent}"
         );
-        assert_eq!(metric_sum(&text, "ambit_open_connections", &[]), 0.0);
+        assert_eq!(scraped.sum("ambit_open_connections", &[]).unwrap(), 0.0);
     }
 }
 
