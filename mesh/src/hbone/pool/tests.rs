@@ -38,6 +38,11 @@ fn issue(ca: &CertificateAuthority, sa: &str) -> WorkloadCertificate {
 async fn handle(request: ConnectRequest, responder: Responder) {
     match request.authority.port() {
         401 => responder.reject(StatusCode::UNAUTHORIZED),
+        // A server that never answers.
+        999 => {
+            let _held = responder;
+            std::future::pending::<()>().await;
+        }
         503 => responder.reject(StatusCode::SERVICE_UNAVAILABLE),
         _ => {
             let forwarded = request.headers.get(headers::FORWARDED).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -397,4 +402,26 @@ async fn a_failed_dial_is_shared_then_forgotten() {
     assert!(pool.connect(&key, "10.2.0.2:80".parse().unwrap(), HeaderMap::new()).await.is_err());
     assert_eq!(dials.load(Ordering::SeqCst), before + 1);
     assert_eq!(pool.stats().dialing, 0);
+}
+
+/// A server that never answers a CONNECT costs the client its answer
+/// deadline, no more; the connection stays usable for other streams.
+#[tokio::test]
+async fn an_unanswered_connect_fails_at_its_deadline() {
+    let f = fixture().await;
+    let dialer = TestDialer { cert: f.client_cert.clone(), trust: f.trust.clone(), dials: f.dials.clone() };
+    let settings =
+        PoolSettings { answer_timeout: Duration::from_millis(200), ..settings(100, Duration::from_secs(60)) };
+    let pool = Pool::new(dialer, settings);
+    let key = PoolKey {
+        src: f.client_cert.identity.clone(),
+        dst: f.server_id.clone(),
+        src_ip: "127.0.0.1".parse().unwrap(),
+        next_hop: f.addr,
+    };
+    let error = pool.connect(&key, "10.1.0.3:999".parse().unwrap(), HeaderMap::new()).await.unwrap_err();
+    assert!(matches!(error, HboneError::AnswerTimeout(_)), "{error}");
+    let mut ok = pool.connect(&key, "10.1.0.3:80".parse().unwrap(), HeaderMap::new()).await.unwrap();
+    read_greeting(&mut ok).await;
+    assert_eq!(f.dials.load(Ordering::SeqCst), 1);
 }
