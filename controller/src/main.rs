@@ -47,10 +47,10 @@ pub struct Settings {
     pub kubernetes: bool,
     /// The controller's own namespace (its CA Secret, root ConfigMap, Lease;
     /// agents' ServiceAccount).
-    #[arg(long, env = "POD_NAMESPACE", default_value = mesh::control::SYSTEM_NAMESPACE)]
+    #[arg(long, env = "AMBIT_POD_NAMESPACE", default_value = mesh::control::SYSTEM_NAMESPACE)]
     pub namespace: String,
     /// This replica's name, as the leader Lease records it.
-    #[arg(long, env = "POD_NAME", default_value = "ambit-controller")]
+    #[arg(long, env = "AMBIT_POD_NAME", default_value = "ambit-controller")]
     pub pod_name: String,
     /// The audience agents' tokens must be minted for.
     #[arg(long, env = "AMBIT_TOKEN_AUDIENCE", default_value = "ambit")]
@@ -78,12 +78,8 @@ pub struct Settings {
     /// Policies in this namespace apply mesh-wide (Istio's root namespace).
     #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = mesh::authz::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
-    /// Log filter (tracing's env-filter syntax).
-    #[arg(long, env = "AMBIT_LOG", default_value = "info")]
-    pub log_level: String,
-    /// Logs as JSON lines (for collectors and tests) instead of text.
-    #[arg(long, env = "AMBIT_LOG_JSON")]
-    pub log_json: bool,
+    #[command(flatten)]
+    pub log: mesh::logging::LogArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,14 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)?;
-    if settings.log_json {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        tracing_subscriber::registry().with(filter).with(mesh::json_log::layer()).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    mesh::logging::init(&settings.log)?;
     // kube's client and ours share one TLS provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -10,6 +10,7 @@
 //! * [`http_server`]: the small HTTP/1 server behind readiness, admin and
 //!   metrics endpoints.
 //! * [`json_log`]: the JSON log-line format every binary writes.
+//! * [`logging`]: the logging flags and set-up every binary shares.
 //! * [`tcp`]: the socket options every TCP connection carries.
 #![forbid(unsafe_code)]
 
@@ -24,5 +25,6 @@ pub mod hbone;
 pub mod http_server;
 pub mod identity;
 pub mod json_log;
+pub mod logging;
 pub mod tcp;
 pub mod tls;

@@ -182,6 +182,20 @@ impl Cluster {
             format!("route add {POD_GATEWAY} dev eth0 scope link"),
             format!("route add default via {POD_GATEWAY} dev eth0"),
         ])?;
+        let netns_path = netns.path();
+        let network = crate::cni::PodNetwork {
+            namespace: &spec.namespace,
+            name: &spec.name,
+            netns_path: &netns_path,
+            host_interface: &veth,
+            ip,
+        };
+        if let Err(error) = crate::cni::add(&cni_state_dir(self.dir.path(), &node_ref.name), &network) {
+            // As a runtime would: the pod does not start, and its network
+            // is torn down (now, not whenever the kernel retires the netns).
+            node_ref.netns.ip_batch(&[format!("link del {veth}")])?;
+            return Err(error);
+        }
         self.config.workloads.push(Workload {
             uid: format!("{}-uid-{index}", self.prefix),
             name: spec.name.clone(),
@@ -344,6 +358,7 @@ impl Cluster {
             None => Source::File { config: self.config_path(), ca_key: self.dir.path().join("ca.key") },
         };
         Launch {
+            cni_state_dir: cni_state_dir(self.dir.path(), &name),
             node: name,
             source,
             pin_dir: self.pin_dir(node),
@@ -411,6 +426,11 @@ pub fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()
     std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
     Ok(())
+}
+
+/// Where node `node`'s agent keeps what the CNI plugin reads.
+fn cni_state_dir(cluster_dir: &std::path::Path, node: &str) -> PathBuf {
+    cluster_dir.join(format!("cni-{node}"))
 }
 
 fn pod_cidr(node_index: u8) -> String {

@@ -196,14 +196,21 @@ impl ControlPlane {
         match &self.api {
             Some(api) => {
                 command.arg("--kubernetes").env("KUBECONFIG", &api.controller_kubeconfig);
-                command.env("POD_NAMESPACE", "ambit-system").env("POD_NAME", name);
+                command.env("AMBIT_POD_NAMESPACE", "ambit-system").env("AMBIT_POD_NAME", name);
             }
             None => {
                 command.arg("--config-dir").arg(&self.objects_dir).arg("--ca-dir").arg(&self.ca_dir);
                 command.arg("--node-credentials").arg(&self.credentials_file);
             }
         }
-        command.args(["--listen", &control.to_string(), "--metrics-addr", &metrics.to_string(), "--log-json"]);
+        command.args([
+            "--listen",
+            &control.to_string(),
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--log-format",
+            "json",
+        ]);
         let process = Process::spawn(name, command)?;
         process
             .wait_for_log("listening", Duration::from_secs(30), |r| r["message"] == "control endpoint listening")

@@ -92,7 +92,10 @@ impl ApiServer {
             .arg(format!("--service-account-signing-key-file={}", dir.join("sa.key").display()))
             .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
             .arg(format!("--api-audiences=https://kubernetes.default.svc,{TOKEN_AUDIENCE}"))
-            .args(["--service-cluster-ip-range=10.96.0.0/16", "--enable-priority-and-fairness=false"]);
+            .args(["--service-cluster-ip-range=10.96.0.0/16", "--enable-priority-and-fairness=false"])
+            // As kubeadm and managed clusters run it: the DaemonSet's init
+            // container is privileged (bidirectional mount propagation needs it).
+            .arg("--allow-privileged=true");
         let apiserver = Process::spawn("kube-apiserver", command)?;
         let server = Self {
             admin_kubeconfig: write_kubeconfig(dir, "admin", &admin)?,

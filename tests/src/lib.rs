@@ -10,6 +10,7 @@
 #![allow(clippy::panic, reason = "test-bed helpers fail the calling test loudly")]
 
 pub mod cluster;
+pub mod cni;
 pub mod control_plane;
 pub mod hbone_client;
 pub mod http;

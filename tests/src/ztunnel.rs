@@ -47,6 +47,8 @@ pub struct Launch {
     pub node: String,
     pub source: Source,
     pub pin_dir: PathBuf,
+    /// The agent's state for the CNI plugin (socket, enrolled namespaces).
+    pub cni_state_dir: PathBuf,
     pub ca_cert: PathBuf,
     pub extra_args: Vec<String>,
 }
@@ -73,6 +75,7 @@ impl Ztunnel {
         let binary = binary("ztunnel")?;
         let mut command = Command::from(netns.command(binary.to_str().context("path")?));
         command.args(["--node", &launch.node]).arg("--bpf-pin-dir").arg(&launch.pin_dir);
+        command.arg("--cni-state-dir").arg(&launch.cni_state_dir);
         command.arg("--ca-cert").arg(&launch.ca_cert);
         match &launch.source {
             Source::File { config, ca_key } => command.arg("--config").arg(config).arg("--ca-key").arg(ca_key),

@@ -61,6 +61,12 @@ fn ztunnel_runs_on_every_node_with_only_the_capabilities_it_needs() {
     assert_eq!(pod.host_network, Some(true));
     let tolerations = pod.tolerations.clone().unwrap_or_default();
     assert!(tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()), "every node");
+    assert_eq!(
+        pod.node_selector.clone().unwrap_or_default().get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    assert_eq!(labels.get("istio.io/dataplane-mode").map(String::as_str), Some("none"), "the agent is not in the mesh");
     let container = &pod.containers[0];
     let security = container.security_context.as_ref().unwrap();
     assert_ne!(security.privileged, Some(true), "capabilities, not privileged");
@@ -68,18 +74,68 @@ fn ztunnel_runs_on_every_node_with_only_the_capabilities_it_needs() {
     assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     let added: BTreeSet<&str> = capabilities.add.iter().flatten().map(String::as_str).collect();
     assert_eq!(added, BTreeSet::from(["BPF", "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]));
+    // Kubernetes refuses allowPrivilegeEscalation=false with SYS_ADMIN.
+    assert_eq!(security.allow_privilege_escalation, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let seccomp = security.seccomp_profile.as_ref().map(|p| p.type_.as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"));
     let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap();
     assert_eq!(
         (probe.path.as_deref(), &probe.port),
         (Some("/healthz/ready"), &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15021))
     );
-    let mounts = container.volume_mounts.clone().unwrap_or_default();
-    assert!(mounts.iter().any(|m| m.mount_path == "/sys/fs/bpf"), "BPF pins must outlive the pod");
-    let volumes = pod.volumes.clone().unwrap_or_default();
-    let bpffs = volumes.iter().find(|v| v.name == "bpffs").and_then(|v| v.host_path.as_ref()).unwrap();
-    assert_eq!(bpffs.path, "/sys/fs/bpf");
+    let memory = container.resources.as_ref().and_then(|r| r.requests.clone()).unwrap_or_default();
+    assert!(memory.contains_key("memory"), "a memory request");
     let args = container.args.clone().unwrap_or_default().join(" ");
     assert!(args.contains("--controller=ambit-controller.ambit-system.svc:15012"), "{args}");
+}
+
+/// The pins that keep capture failing closed must outlive the agent's
+/// container: they live in the host's bpffs, which the init container
+/// mounts with Bidirectional propagation (privileged, as Kubernetes requires
+/// for it), and the agent sees host-to-container.
+#[test]
+fn bpf_pins_live_in_the_hosts_bpffs() {
+    let daemonsets: Vec<DaemonSet> = documents("ztunnel.yaml", "DaemonSet");
+    let pod = daemonsets[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let host_path = |name: &str| volumes.iter().find(|v| v.name == name).and_then(|v| v.host_path.clone()).unwrap();
+    assert_eq!(host_path("bpffs").path, "/sys/fs/bpf");
+    let mount_of = |container: &k8s_openapi::api::core::v1::Container| {
+        container.volume_mounts.clone().unwrap_or_default().into_iter().find(|m| m.name == "bpffs").unwrap()
+    };
+    let init = pod.init_containers.clone().unwrap_or_default();
+    let [mounter] = init.as_slice() else { panic!("one init container expected") };
+    assert_eq!(mounter.command.clone().unwrap_or_default(), ["ambit-node-init"]);
+    assert_eq!(mounter.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    let mount = mount_of(mounter);
+    assert_eq!((mount.mount_path.as_str(), mount.mount_propagation.as_deref()), ("/sys/fs/bpf", Some("Bidirectional")));
+    let agent = mount_of(&pod.containers[0]);
+    assert_eq!(
+        (agent.mount_path.as_str(), agent.mount_propagation.as_deref()),
+        ("/sys/fs/bpf", Some("HostToContainer"))
+    );
+}
+
+/// The agent installs and chains the CNI plugin on the host, and the plugin
+/// (run by the runtime on the host) reaches it in the host's /var/run/ambit.
+#[test]
+fn the_cni_plugin_reaches_the_node() {
+    let daemonsets: Vec<DaemonSet> = documents("ztunnel.yaml", "DaemonSet");
+    let pod = daemonsets[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    for (volume, host, flag) in [
+        ("cni-bin", "/opt/cni/bin", "--cni-bin-dir"),
+        ("cni-conf", "/etc/cni/net.d", "--cni-conf-dir"),
+        ("cni-state", "/var/run/ambit", "--cni-state-dir"),
+    ] {
+        let source = volumes.iter().find(|v| v.name == volume).and_then(|v| v.host_path.as_ref()).unwrap();
+        assert_eq!(source.path, host);
+        let mount = mounts.iter().find(|m| m.name == volume).unwrap();
+        assert!(args.contains(&format!("{flag}={}", mount.mount_path)), "{flag} must name the mount of {host}");
+    }
 }
 
 #[test]

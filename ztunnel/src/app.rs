@@ -1,9 +1,7 @@
 //! Wires the agent together and owns its lifetime: bind every listener
 //! (failing fast), prepare capture, serve, and drain on SIGTERM.
 
-use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use ambit_ebpf_common::{LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUND};
 use anyhow::Context as _;
@@ -14,7 +12,6 @@ use mesh::drain::{Drain, DrainOutcome};
 use mesh::hbone::pool::{Pool, PoolSettings};
 use mesh::hbone::server::ServerLimits;
 use mesh::http_server::HttpServer;
-use mesh::identity::Identity;
 use mesh::tls::TrustBundle;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,6 +20,7 @@ use tracing::{info, warn};
 use crate::admin::Admin;
 use crate::capture::{Capture, CaptureStatus};
 use crate::cli::Settings;
+use crate::cni::server::CniServer;
 use crate::config_file::{self, ConfigWatcher};
 use crate::controller_source::ControllerSource;
 use crate::identity::CertManager;
@@ -32,11 +30,8 @@ use crate::proxy::outbound::Outbound;
 use crate::proxy::{ConnectionLimits, ContextSettings, HboneDialer, ProxyContext};
 use crate::readiness::Readiness;
 use crate::state::State;
+use crate::sync::Syncer;
 use crate::telemetry::LogLevelHandle;
-
-/// Capture re-reads interfaces and routes this often even without config
-/// changes, to pick up pod veths created after the pod's config arrived.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Result<()> {
     info!(settings = %serde_json::to_string(&settings)?, "starting ztunnel");
@@ -61,14 +56,20 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
         connections: ctx.clone(),
         log_level,
     };
-    listeners.serve(&drain, &readiness, prometheus, capture.counters(), admin);
+    let (cni_calls, cni_requests) = tokio::sync::mpsc::channel(crate::cni::server::MAX_CONCURRENT);
+    listeners.serve(&drain, &readiness, prometheus, capture.counters(), admin, cni_calls);
     drain.spawn(certs.run(drain.clone()));
     drain.spawn(pool.run_reaper(drain.clone()));
     match source.follow {
         Follow::File(watcher) => drain.spawn(watcher.run(state, drain.clone())),
         Follow::Controller(controller) => drain.spawn(controller.follow(state, drain.clone())),
     };
-    drain.spawn(sync_loop(capture, ctx, status, settings.clone(), drain.clone()));
+    if let (Some(bin_dir), Some(conf_dir)) = (&settings.cni_bin_dir, &settings.cni_conf_dir) {
+        crate::cni::install::install_binary(bin_dir)?;
+        drain.spawn(crate::cni::install::keep_chained(conf_dir.clone(), settings.cni_state_dir.clone(), drain.clone()));
+    }
+    let syncer = Syncer::new(capture, ctx, status, settings.clone());
+    drain.spawn(syncer.run(cni_requests, drain.clone()));
     info!(node = %settings.node, "ready");
 
     wait_for_shutdown_signal().await?;
@@ -124,6 +125,7 @@ struct Listeners {
     readiness: HttpServer,
     metrics: HttpServer,
     admin: HttpServer,
+    cni: CniServer,
 }
 
 impl Listeners {
@@ -135,6 +137,7 @@ impl Listeners {
             readiness: HttpServer::new("readiness", settings.readiness_addr)?,
             metrics: HttpServer::new("metrics", settings.metrics_addr)?,
             admin: HttpServer::new("admin", settings.admin_addr)?,
+            cni: CniServer::new(&settings.cni_state_dir)?,
         };
         info!(
             outbound = %listeners.outbound.address(),
@@ -143,6 +146,7 @@ impl Listeners {
             readiness = %listeners.readiness.address(),
             metrics = %listeners.metrics.address(),
             admin = %listeners.admin.address(),
+            cni = %listeners.cni.address().display(),
             "listeners bound"
         );
         Ok(listeners)
@@ -155,6 +159,7 @@ impl Listeners {
         prometheus: PrometheusHandle,
         drops: crate::capture::Counters,
         admin: Admin,
+        cni_calls: tokio::sync::mpsc::Sender<crate::cni::server::CniCall>,
     ) {
         drain.spawn(self.outbound.run(drain.clone()));
         drain.spawn(self.inbound.run(drain.clone()));
@@ -162,6 +167,7 @@ impl Listeners {
         drain.spawn(readiness.clone().serve(self.readiness, drain.clone()));
         drain.spawn(crate::metrics::serve(self.metrics, prometheus, drops, drain.clone()));
         drain.spawn(admin.serve(self.admin, drain.clone()));
+        drain.spawn(self.cni.run(cni_calls, drain.clone()));
     }
 }
 
@@ -224,89 +230,16 @@ async fn config_source(settings: &Settings) -> anyhow::Result<(ConfigSource, Cer
     }
 }
 
-/// The identities of this node's enrolled pods.
-fn local_identities(snapshot: &Snapshot, settings: &Settings) -> HashSet<Identity> {
-    snapshot
-        .node_workloads(&settings.node)
-        .filter(|w| snapshot.is_enrolled(w))
-        .map(|w| w.identity(&settings.trust_domain))
-        .collect()
-}
-
 /// Gets every local identity's certificate before reporting ready; failures
 /// are retried by the certificate manager and keep readiness false.
 async fn prefetch_certificates(certs: &CertManager, snapshot: &Snapshot, settings: &Settings) {
-    let wanted = local_identities(snapshot, settings);
+    let wanted = crate::sync::local_identities(snapshot, settings);
     certs.set_wanted(&wanted);
     for identity in &wanted {
         if let Err(error) = certs.get(identity).await {
             warn!(%error, "certificate prefetch failed; will retry");
         }
     }
-}
-
-/// Keeps the kernel, the certificates and the live connections in step with
-/// the config: on every new version, and periodically for interfaces that
-/// appeared since.
-async fn sync_loop(
-    mut capture: Capture,
-    ctx: Arc<ProxyContext>,
-    status: Arc<RwLock<CaptureStatus>>,
-    settings: Settings,
-    drain: Drain,
-) {
-    let mut updates = ctx.state.subscribe();
-    let mut synced_version = ctx.state.current().version;
-    let mut tick = tokio::time::interval(RESYNC_INTERVAL);
-    loop {
-        tokio::select! {
-            () = drain.signaled() => break,
-            changed = updates.changed() => if changed.is_err() { break },
-            _ = tick.tick() => {}
-        }
-        let current = ctx.state.current();
-        if synced_version != current.version {
-            ctx.certs.set_wanted(&local_identities(&current.snapshot, &settings));
-            let revoked = ctx.connections.revalidate(&current.snapshot, &settings.node);
-            if revoked > 0 {
-                info!(version = current.version, revoked, "closing connections the new policy denies");
-            }
-        }
-        match capture.sync(&current.snapshot).await {
-            Ok(new_status) => {
-                let enrolled = new_status.pods.iter().filter(|p| p.enrolled).count();
-                metrics::gauge!(crate::metrics::CAPTURED_PODS).set(enrolled as f64);
-                warn_of_pods_without_route(&status, &new_status);
-                ctx.set_local_addresses(capture.local_addresses().clone());
-                if let Ok(mut s) = status.write() {
-                    if !s.same_capture(&new_status) || synced_version != current.version {
-                        info!(
-                            version = current.version,
-                            enrolled,
-                            interfaces = new_status.interfaces.len(),
-                            "capture updated"
-                        );
-                    }
-                    *s = new_status;
-                }
-                synced_version = current.version;
-            }
-            Err(error) => warn!(%error, version = current.version, "capture sync failed; will retry"),
-        }
-    }
-}
-
-/// A local pod the config names but the node has no interface or route
-/// for cannot be captured: its traffic would leave unseen. Warns once per
-/// such pod (when it first shows), and keeps the count as a gauge;
-/// `/config_dump` lists them.
-fn warn_of_pods_without_route(before: &RwLock<CaptureStatus>, now: &CaptureStatus) {
-    let known: HashSet<String> =
-        before.read().map(|s| s.pods_without_route.iter().cloned().collect()).unwrap_or_default();
-    for pod in now.pods_without_route.iter().filter(|p| !known.contains(*p)) {
-        warn!(%pod, "a local pod has no interface or host route on this node; its traffic cannot be captured");
-    }
-    metrics::gauge!(crate::metrics::PODS_WITHOUT_ROUTE).set(now.pods_without_route.len() as f64);
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

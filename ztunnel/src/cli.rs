@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Parser, Serialize)]
 #[command(version, about = "ambit's per-node agent: captures enrolled pods' TCP traffic with eBPF")]
 pub struct Settings {
     /// This node's name, as pods' `node` field names it (downward API `spec.nodeName`).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "AMBIT_NODE")]
     pub node: String,
 
     /// Static mode: the mesh config from this YAML file, reloaded whenever
@@ -47,7 +47,7 @@ pub struct Settings {
     pub inbound_plain_addr: SocketAddr,
 
     /// SPIFFE trust domain of workload identities.
-    #[arg(long, env = "TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
 
     /// Root certificate of the mesh CA (PEM): peers and the controller must
@@ -92,6 +92,21 @@ pub struct Settings {
     /// Defaults to `/sys/fs/bpf/ambit/<node>`.
     #[arg(long, env = "AMBIT_BPF_PIN_DIR")]
     pub bpf_pin_dir: Option<PathBuf>,
+
+    /// Where the CNI plugin finds this agent: its socket, and the file of
+    /// enrolled namespaces it falls back on while the agent is down.
+    #[arg(long, env = "AMBIT_CNI_STATE_DIR", default_value = "/var/run/ambit")]
+    pub cni_state_dir: PathBuf,
+
+    /// Install the `ambit-cni` plugin binary into this directory (the
+    /// node's `/opt/cni/bin`, mounted); with `--cni-conf-dir`.
+    #[arg(long, env = "AMBIT_CNI_BIN_DIR", requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+
+    /// Chain the plugin into the node's primary CNI network config in this
+    /// directory (the node's `/etc/cni/net.d`, mounted), and keep it there.
+    #[arg(long, env = "AMBIT_CNI_CONF_DIR", requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
 
     /// How long established connections may run on after SIGTERM.
     #[arg(long, env = "AMBIT_DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -145,20 +160,9 @@ pub struct Settings {
     #[arg(long, env = "AMBIT_WORKER_THREADS", default_value_t = default_worker_threads())]
     pub worker_threads: usize,
 
-    /// Log filter, `tracing` EnvFilter syntax; changeable at run time through
-    /// the admin endpoint.
-    #[arg(long, env = "AMBIT_LOG", default_value = "info")]
-    pub log_level: String,
-
-    #[arg(long, env = "AMBIT_LOG_FORMAT", value_enum, default_value = "plain")]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Plain,
-    Json,
+    /// Logging (changeable at run time through the admin endpoint).
+    #[command(flatten)]
+    pub log: mesh::logging::LogArgs,
 }
 
 impl Settings {

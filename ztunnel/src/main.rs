@@ -1,20 +1,8 @@
 //! ztunnel: ambit's per-node agent. Parses settings and starts [`app`].
 #![forbid(unsafe_code)]
 
-mod admin;
-mod app;
-mod capture;
-mod cli;
-mod config_file;
-mod controller_source;
-mod identity;
-mod metrics;
-mod proxy;
-mod readiness;
-mod state;
-mod telemetry;
-
 use clap::Parser as _;
+use ztunnel::{app, cli, telemetry};
 
 /// jemalloc, as Istio's ztunnel uses: per-connection buffers and frames are
 /// allocated and freed on every hop, and glibc's malloc showed up at ~5% of
@@ -24,7 +12,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let settings = cli::Settings::parse();
-    let log_level = telemetry::init(&settings.log_level, settings.log_format)?;
+    let log_level = telemetry::init(&settings.log)?;
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.worker_threads.max(1))

@@ -38,12 +38,12 @@ pub fn pod(object: &Pod) -> Translated<Workload> {
     if finished || spec.host_network == Some(true) {
         return Ok(None);
     }
+    // A scheduled pod is sent before it has an address: its node's agent
+    // then knows, when the pod's network is set up (the CNI plugin asks),
+    // whether its own labels enrol it.
     let mut addresses: Vec<String> = status.pod_ips.unwrap_or_default().into_iter().map(|ip| ip.ip).collect();
     if addresses.is_empty() {
         addresses.extend(status.pod_ip);
-    }
-    if addresses.is_empty() {
-        return Ok(None);
     }
     let ips = addresses
         .iter()
@@ -126,7 +126,7 @@ pub fn peer_authentication(object: &PeerAuthentication, root_namespace: &str) ->
 /// Why an object routes nothing (for logs).
 pub fn not_routed_reason(object: &Object) -> String {
     match object {
-        Object::Pod(_) => "the pod has no IP or node yet, has finished, or uses the host network".into(),
+        Object::Pod(_) => "the pod has no node yet, has finished, or uses the host network".into(),
         Object::Service(_) => "headless and ExternalName services have no virtual IP".into(),
         Object::VirtualService(_) => "it binds only to gateways other than `mesh`".into(),
         Object::HttpRoute(_) => "it has no Service parentRef (routes on ingress Gateways are not the mesh's)".into(),

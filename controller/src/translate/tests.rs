@@ -43,7 +43,6 @@ fn pods_become_workloads() {
 #[test]
 fn pods_that_route_nothing() {
     let cases = [
-        ("no IP yet", POD.replace("  podIP: 10.1.0.5\n", "")),
         ("not scheduled", POD.replace("  nodeName: node1\n", "")),
         ("finished", POD.replace("phase: Running", "phase: Succeeded")),
         ("host network", POD.replace("  nodeName: node1\n", "  nodeName: node1\n  hostNetwork: true\n")),
@@ -53,6 +52,16 @@ fn pods_that_route_nothing() {
         assert!(matches!(outcomes[0], Outcome::NotRouted(_)), "{case}: {outcomes:?}");
         assert!(translator.config().workloads.is_empty(), "{case}");
     }
+}
+
+/// A scheduled pod without an address yet is in the config already, so
+/// its node knows whether the pod is enrolled when its network is set up.
+#[test]
+fn a_scheduled_pod_is_sent_before_it_has_an_address() {
+    let (translator, outcomes) = translate(&POD.replace("  podIP: 10.1.0.5\n", ""));
+    assert!(matches!(outcomes[0], Outcome::Accepted), "{outcomes:?}");
+    let workload = &translator.config().workloads[0];
+    assert_eq!((workload.node.as_str(), workload.ips.len()), ("node1", 0));
 }
 
 #[test]

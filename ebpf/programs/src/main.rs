@@ -8,7 +8,8 @@
 //!   new connections to a local enrolled pod to the inbound listeners, and
 //!   every packet that belongs to a socket of ztunnel's to that socket.
 //! * `node_ingress` runs on the node's other interfaces (the underlay). It
-//!   steers new connections to local enrolled pods to the inbound listeners
+//!   drops TCP from a local pod's address too (it can only be borrowed
+//!   there), then steers new connections to local enrolled pods to the inbound listeners
 //!   (HBONE for port 15008, plaintext otherwise), and packets addressed to a
 //!   local pod that belong to a ztunnel socket to that socket.
 //!
@@ -125,8 +126,11 @@ fn try_pod_ingress(ctx: &TcContext) -> Verdict {
     capture_new(ctx, slot, time_wait)
 }
 
-/// Whether `saddr` is a local pod's address that is not this interface's
-/// pod's: only the veth a pod's host route points at may carry its address.
+/// Whether `saddr` is a local pod's address arriving anywhere but that
+/// pod's own interface (the veth its host route points at): another pod,
+/// or another host on the underlay, borrowing it. A pod whose interface is
+/// not known yet is given the benefit of the doubt (it cannot send yet,
+/// and nothing can answer a borrower of its address).
 fn borrowed_source(ctx: &TcContext, saddr: u32) -> bool {
     // SAFETY: the map value is a plain `PodInfo` that is only read here.
     let Some(owner) = (unsafe { PODS.get(&saddr) }) else {
@@ -134,7 +138,7 @@ fn borrowed_source(ctx: &TcContext, saddr: u32) -> bool {
     };
     // SAFETY: `skb` points at this program's context.
     let arrived_on = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    owner.ifindex != arrived_on
+    owner.ifindex != 0 && owner.ifindex != arrived_on
 }
 
 /// Counts one dropped packet under `reason`.
@@ -165,6 +169,10 @@ fn try_node_ingress(ctx: &TcContext) -> Verdict {
     let Some(seg) = parse(ctx) else {
         return Verdict::Pass;
     };
+    if borrowed_source(ctx, seg.saddr) {
+        count(COUNTER_SPOOFED_SOURCE);
+        return Verdict::Drop;
+    }
     // SAFETY: as above, a read of a plain value.
     if unsafe { PODS.get(&seg.daddr) }.is_none() {
         return Verdict::Pass;

@@ -13,6 +13,7 @@ mod fail_closed;
 mod hbone;
 mod hostile;
 mod kubernetes;
+mod new_pods;
 mod routing;
 mod scale;
 mod services;

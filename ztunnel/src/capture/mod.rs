@@ -4,9 +4,14 @@
 //! [`Capture::new`] prepares the node (bpffs, policy routing, conntrack
 //! bypass) and loads the programs; [`Capture::sync`] makes the kernel match
 //! a config snapshot: which local pods exist and which are enrolled, and
-//! which interfaces carry which program.
+//! which interfaces carry which program. [`Capture::changes`] fires when the
+//! node's interfaces, addresses or routes change (rtnetlink multicast), so
+//! the caller re-syncs at once. [`Capture::announce`] takes a pod the CNI
+//! plugin reports before its config arrives: it is captured as announced
+//! until the config knows its address, or its interface goes.
 
 mod bpf;
+pub mod bpffs;
 pub use bpf::Counters;
 mod netlink;
 mod nft;
@@ -15,10 +20,12 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ambit_ebpf_common::{POD_ENROLLED, PodInfo};
 use mesh::config::Snapshot;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,12 +83,15 @@ pub struct Capture {
     node: String,
     programs: bpf::Programs,
     netlink: netlink::Netlink,
+    changes: Arc<Notify>,
     local_addresses: HashSet<IpAddr>,
+    /// Pods the CNI plugin announced that the config does not know yet.
+    announced: HashMap<Ipv4Addr, PodStatus>,
 }
 
 impl Capture {
     pub async fn new(node: &str, pin_dir: &Path) -> Result<Self, Error> {
-        ensure_bpffs(pin_dir)?;
+        bpffs::ensure(pin_dir)?;
         let netlink = netlink::Netlink::connect()?;
         let loopback = netlink
             .links()
@@ -93,7 +103,36 @@ impl Capture {
         nft::ensure_conntrack_bypass()?;
         let mut programs = bpf::Programs::load(pin_dir)?;
         programs.attach_listener_lookup()?;
-        Ok(Self { node: node.to_owned(), programs, netlink, local_addresses: HashSet::new() })
+        let changes = netlink::subscribe_to_changes()?;
+        Ok(Self {
+            node: node.to_owned(),
+            programs,
+            netlink,
+            changes,
+            local_addresses: HashSet::new(),
+            announced: HashMap::new(),
+        })
+    }
+
+    /// Notified (once per burst) when the node's links, addresses or routes change.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.changes.clone()
+    }
+
+    /// Captures `pods` as given (their namespace's enrollment, say) until
+    /// the config knows their addresses. The next [`Capture::sync`] puts
+    /// them in place.
+    pub fn announce(&mut self, pods: impl IntoIterator<Item = PodStatus>) {
+        for pod in pods {
+            self.announced.insert(pod.ip, pod);
+        }
+    }
+
+    /// Forgets announced pods (the CNI plugin's DEL).
+    pub fn forget(&mut self, ips: &[Ipv4Addr]) {
+        for ip in ips {
+            self.announced.remove(ip);
+        }
     }
 
     /// Registers a listener so the programs can hand connections to it.
@@ -114,8 +153,13 @@ impl Capture {
     /// Makes the kernel match `snapshot`. Safe to repeat; cheap when
     /// nothing changed.
     pub async fn sync(&mut self, snapshot: &Snapshot) -> Result<CaptureStatus, Error> {
-        let pods = local_pods(snapshot, &self.node);
+        let mut pods = local_pods(snapshot, &self.node);
         let routes = self.netlink.host_routes().await?;
+        // The config takes over an announced pod once it has its address;
+        // one whose interface is gone was deleted.
+        let configured: HashSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+        self.announced.retain(|ip, _| !configured.contains(ip) && routes.contains_key(ip));
+        pods.extend(self.announced.values().cloned());
         let map: HashMap<u32, PodInfo> = pods
             .iter()
             .map(|p| {
@@ -181,25 +225,6 @@ fn local_pods(snapshot: &Snapshot, node: &str) -> Vec<PodStatus> {
 /// header, read as a native-endian u32 (which is what the program does).
 fn wire_key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
-}
-
-const BPFFS_ROOT: &str = "/sys/fs/bpf";
-
-/// Pins need a bpffs. A DaemonSet mounts the host's; on a bare host the
-/// agent mounts it at the usual place itself.
-fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
-    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let stat = nix::sys::statfs::statfs(existing).map_err(|e| Error::Bpffs(existing.to_owned(), e.to_string()))?;
-    if stat.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC {
-        return Ok(());
-    }
-    let root = Path::new(BPFFS_ROOT);
-    if !pin_dir.starts_with(root) || !root.exists() {
-        return Err(Error::Bpffs(pin_dir.to_owned(), "not on a bpffs mount".into()));
-    }
-    nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| Error::Bpffs(root.to_owned(), format!("cannot mount: {e}")))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,12 +6,15 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ambit_ebpf_common::{CAPTURE_MARK, CAPTURE_MARK_MASK, ROUTE_TABLE, RULE_PRIORITY};
-use futures::TryStreamExt as _;
+use std::sync::Arc;
+
+use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use tokio::sync::Notify;
 
 use super::Error;
 
@@ -134,6 +137,26 @@ impl Netlink {
             .await
             .map_err(|e| Error::Netlink("add local route", e.to_string()))
     }
+}
+
+/// Subscribes to the node's link, IPv4 address and IPv4 route changes. The
+/// returned `Notify` holds one permit per burst: a waiter re-reads the whole
+/// state, so individual messages need not be kept (the library's queue is
+/// drained as fast as it fills).
+pub(super) fn subscribe_to_changes() -> Result<Arc<Notify>, Error> {
+    use rtnetlink::MulticastGroup;
+    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route];
+    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)
+        .map_err(|e| Error::Netlink("subscribe to changes", e.to_string()))?;
+    tokio::spawn(connection);
+    let changed = Arc::new(Notify::new());
+    let notify = changed.clone();
+    tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            notify.notify_one();
+        }
+    });
+    Ok(changed)
 }
 
 fn host_route(route: &RouteMessage) -> Option<(Ipv4Addr, u32)> {
