@@ -5,6 +5,8 @@ pub const PUSH_SECONDS: &str = "ambit_controller_push_seconds";
 pub const CONFIG_VERSION: &str = "ambit_controller_config_version";
 pub const RECONCILE_ERRORS: &str = "ambit_controller_reconcile_errors_total";
 pub const CERTIFICATES: &str = "ambit_controller_certificates_total";
+/// TLS connections agents and waypoints have opened to the control endpoint.
+pub const CONNECTIONS: &str = "ambit_controller_connections_total";
 
 pub fn describe() {
     metrics::describe_gauge!(CONNECTED_AGENTS, "Agents following the config stream right now.");
@@ -16,5 +18,7 @@ pub fn describe() {
     metrics::describe_gauge!(CONFIG_VERSION, "The config version in force.");
     metrics::describe_counter!(RECONCILE_ERRORS, "Objects or configs rejected, by kind.");
     metrics::describe_counter!(CERTIFICATES, "Certificate requests, by result (issued or refused).");
+    metrics::describe_counter!(CONNECTIONS, "TLS connections agents and waypoints opened to the control endpoint.");
+    metrics::describe_counter!(crate::server::REFUSED, "Connections refused at a limit or a TLS deadline.");
     metrics::gauge!("istio_build", "component" => "controller", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

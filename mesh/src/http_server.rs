@@ -144,3 +144,51 @@ pub fn json(value: &impl serde::Serialize) -> Response {
         Err(e) => text(http::StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode: {e}\n")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    fn start() -> (SocketAddr, Drain) {
+        let server = HttpServer::new("test", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.address();
+        let drain = Drain::new();
+        tokio::spawn(server.run(drain.clone(), |_| async { text(http::StatusCode::OK, "ok\n") }));
+        (addr, drain)
+    }
+
+    /// On a paused clock: a client that never finishes its headers is
+    /// dropped when the header deadline passes, not kept forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_finishes_its_headers_is_dropped() {
+        let (addr, _drain) = start();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = client.read_to_end(&mut buf).await;
+        let waited = started.elapsed();
+        assert!(waited >= HEADER_READ_TIMEOUT && waited < MAX_CONNECTION_AGE, "closed after {waited:?}");
+        assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "{buf:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_bound_are_closed_at_once() {
+        let (addr, _drain) = start();
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            assert!(client.read(&mut buf).await.unwrap() > 0, "a connection within the bound is served");
+            held.push(client);
+        }
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), extra.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the extra connection was not closed: {read:?}");
+    }
+}

@@ -91,6 +91,8 @@ pub struct Cluster {
     ca: mesh::ca::CertificateAuthority,
     /// Extra ztunnel flags for every agent this cluster starts.
     pub extra_args: Vec<String>,
+    /// An open-file limit for the agents this cluster starts.
+    pub ztunnel_fd_limit: Option<u64>,
 }
 
 impl Cluster {
@@ -110,6 +112,7 @@ impl Cluster {
             config: MeshConfig::default(),
             ca: mesh::ca::CertificateAuthority::generate(TRUST_DOMAIN)?,
             extra_args: Vec::new(),
+            ztunnel_fd_limit: None,
             prefix,
         };
         cluster.ca.write_files(&cluster.ca_cert_path(), &cluster.dir.path().join("ca.key"))?;
@@ -364,6 +367,7 @@ impl Cluster {
             pin_dir: self.pin_dir(node),
             ca_cert: self.ca_cert_path(),
             extra_args: self.extra_args.clone(),
+            fd_limit: self.ztunnel_fd_limit,
         }
     }
 

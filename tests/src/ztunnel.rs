@@ -51,6 +51,9 @@ pub struct Launch {
     pub cni_state_dir: PathBuf,
     pub ca_cert: PathBuf,
     pub extra_args: Vec<String>,
+    /// Runs the agent with this open-file limit (soft and hard, so it
+    /// cannot raise it), to run it out of file descriptors.
+    pub fd_limit: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -73,7 +76,15 @@ impl DerefMut for Ztunnel {
 impl Ztunnel {
     pub fn spawn(netns: &Netns, launch: &Launch) -> anyhow::Result<Self> {
         let binary = binary("ztunnel")?;
-        let mut command = Command::from(netns.command(binary.to_str().context("path")?));
+        let binary = binary.to_str().context("path")?;
+        let mut command = match launch.fd_limit {
+            None => Command::from(netns.command(binary)),
+            Some(limit) => {
+                let mut limited = netns.command("prlimit");
+                limited.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(binary);
+                Command::from(limited)
+            }
+        };
         command.args(["--node", &launch.node]).arg("--bpf-pin-dir").arg(&launch.pin_dir);
         command.arg("--cni-state-dir").arg(&launch.cni_state_dir);
         command.arg("--ca-cert").arg(&launch.ca_cert);

@@ -10,6 +10,9 @@ use serde::Serialize;
 
 #[derive(Clone, Debug, Parser, Serialize)]
 #[command(version, about = "ambit's per-node agent: captures enrolled pods' TCP traffic with eBPF")]
+// A flag given twice takes the last value, as in most tools (a wrapper's
+// defaults first, the operator's own after).
+#[command(args_override_self = true)]
 pub struct Settings {
     /// This node's name, as pods' `node` field names it (downward API `spec.nodeName`).
     #[arg(long, env = "AMBIT_NODE")]

@@ -97,6 +97,7 @@ impl ControlServer {
                             return debug!("TLS handshake timed out");
                         }
                     };
+                    metrics::counter!(crate::metrics::CONNECTIONS).increment(1);
                     let peer_identity = mesh::tls::peer_identity(tls.get_ref().1);
                     serve_connection(tls, shared, peer_identity, conn_drain).await;
                     drop(admitted);
@@ -156,5 +157,31 @@ pub fn json(value: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => hyper::Response::new(Full::new(Bytes::from(body)).boxed_unsync()),
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+    use crate::credentials::NodeCredentials;
+
+    /// On a paused clock: a client that opens TCP and never starts TLS is
+    /// dropped at the handshake deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_dropped_at_the_tls_deadline() {
+        let ca = CertificateAuthority::generate("cluster.local").unwrap();
+        let (_tls_tx, tls) = watch::channel(crate::authority::serving_config(&ca).unwrap());
+        let shared = Arc::new(Shared { store: Store::new(), ca, auth: NodeAuth::Local(NodeCredentials::default()) });
+        let server = ControlServer::new("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.address();
+        tokio::spawn(server.run(shared, tls, Drain::new()));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let read = silent.read(&mut buf).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
     }
 }

@@ -269,37 +269,4 @@ impl UpdateStream {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::MeshConfig;
-    use crate::control::UpdateBody;
-
-    fn line(version: u64) -> String {
-        let update = Update { epoch: "e".into(), version, body: UpdateBody::Full(MeshConfig::default()) };
-        format!("{}\n", serde_json::to_string(&update).unwrap())
-    }
-
-    #[tokio::test]
-    async fn reads_updates_line_by_line_and_skips_blank_lines() {
-        let text = format!("{}\n{}", line(1), line(2));
-        let mut stream = UpdateStream::from_reader(Box::pin(std::io::Cursor::new(text.into_bytes())), 1024, None);
-        assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
-        assert_eq!(stream.next().await.unwrap().unwrap().version, 2);
-        assert!(stream.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn an_overlong_line_is_an_error_not_a_buffer() {
-        let text = format!("{}{}\n", line(1), "x".repeat(4096));
-        let mut stream = UpdateStream::from_reader(Box::pin(std::io::Cursor::new(text.into_bytes())), 1024, None);
-        assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
-        let error = stream.next().await.unwrap().unwrap_err();
-        assert!(error.to_string().contains("exceeds 1024 bytes"), "{error}");
-    }
-
-    #[tokio::test]
-    async fn garbage_is_a_protocol_error() {
-        let mut stream = UpdateStream::from_reader(Box::pin(std::io::Cursor::new(b"{nope\n".to_vec())), 1024, None);
-        assert!(matches!(stream.next().await, Some(Err(ControlError::Protocol(_)))));
-    }
-}
+mod tests;

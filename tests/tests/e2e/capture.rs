@@ -198,3 +198,32 @@ async fn a_pod_cannot_borrow_another_pods_address() {
     ztunnel.wait_for_log("the owner's two access lines", WAIT, |_| as_victim() >= 2).await.unwrap();
     assert_eq!(as_victim(), 2, "ztunnel took a connection in the owner's name that the owner never made");
 }
+
+/// A local pod in the config with no interface or route on the node cannot
+/// be captured: the agent says so (once), counts it, and lists it in
+/// `/config_dump`, rather than staying silently ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_pod_without_an_interface_is_reported() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    let ghost = mesh::config::Workload {
+        uid: "ghost-uid".into(),
+        name: "ghost".into(),
+        namespace: "mesh".into(),
+        service_account: "sa-ghost".into(),
+        node: bed.cluster.nodes[0].name.clone(),
+        ips: vec!["10.1.0.250".parse().unwrap()],
+        ..Default::default()
+    };
+    bed.apply(|config| config.workloads.push(ghost)).await.unwrap();
+    let warning = bed
+        .cluster
+        .ztunnel(0)
+        .wait_for_log("the warning", WAIT, |r| r["level"] == "WARN" && r["pod"] == "mesh/ghost")
+        .await
+        .unwrap();
+    assert!(warning["message"].as_str().is_some_and(|m| m.contains("cannot be captured")), "{warning}");
+    wait_for_metric(&bed.cluster, 0, "ambit_capture_pods_without_route", &[], |n| n == 1.0).await;
+    let dump = crate::support::config_dump(&bed.cluster, 0).await;
+    assert_eq!(dump["capture"]["pods_without_route"], serde_json::json!(["mesh/ghost"]), "{}", dump["capture"]);
+}

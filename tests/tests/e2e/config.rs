@@ -55,6 +55,31 @@ async fn bad_config_at_start_is_a_clear_error() {
     }
 }
 
+/// Run by hand as a newcomer would: with a CA key that is not the CA
+/// certificate's, the agent refuses to start and says which flags disagree
+/// (instead of reporting ready and failing every handshake later); its
+/// plain log lines carry no colour codes into a pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_key_that_is_not_the_certificates_is_refused_in_plain_words() {
+    require_root();
+    let cluster = two_pod_cluster();
+    cluster.write_config().unwrap();
+    let mut launch = cluster.launch(0);
+    let dir = tempfile::tempdir().unwrap();
+    let other_key = dir.path().join("other.key");
+    let other = mesh::ca::CertificateAuthority::generate("cluster.local").unwrap();
+    std::fs::write(&other_key, other.key_pem()).unwrap();
+    launch.source = ambit_tests::ztunnel::Source::File { config: cluster.config_path(), ca_key: other_key };
+    launch.extra_args = vec!["--log-format".into(), "plain".into()];
+    let mut ztunnel = Ztunnel::spawn(&cluster.nodes[0].netns, &launch).unwrap();
+    let status = ztunnel.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert!(!status.success(), "ztunnel started with a CA key of another CA");
+    let log = ztunnel.log_lines().join("\n");
+    assert!(log.contains("not a pair") && log.contains("--ca-key"), "the error must say what is wrong: {log}");
+    assert!(!log.contains('\x1b'), "colour codes in piped plain logs: {log:?}");
+    assert!(!log.contains("ready"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_agent_keeps_last_good_config() {
     require_root();

@@ -87,6 +87,11 @@ async fn agents_route_on_the_controllers_config_and_follow_changes() {
 
     let metrics = bed.cluster.control().metrics().await.unwrap();
     assert_eq!(metrics.sum("ambit_controller_connected_agents", &[]).unwrap(), 2.0);
+    // Each agent holds two connections, its config stream and one that all
+    // its certificate requests share (n1-c's identity came later, on it).
+    assert_eq!(metrics.sum("ambit_controller_connections_total", &[]).unwrap(), 4.0);
+    let issued = metrics.sum("ambit_controller_certificates_total", &[("result", "issued")]).unwrap();
+    assert!(issued >= 7.0, "{issued} certificates: the agents' own two and one per enrolled pod");
 }
 
 /// A client for the controller, as node `node`'s agent would be, run on a

@@ -8,7 +8,7 @@ use ambit_tests::sample::{echo_on, echo_roundtrip};
 use ambit_tests::topology::{APP_PORT, Standard};
 use tokio::sync::Barrier;
 
-use crate::support::{metrics, opened};
+use crate::support::{WAIT, metrics, opened};
 
 const CONNECTIONS: usize = 1000;
 
@@ -63,4 +63,52 @@ async fn thousand_concurrent_connections_complete_without_leaks() {
         .unwrap();
     let open = metrics(&bed.cluster, 0).await.sum("ambit_open_connections", &[]).unwrap();
     assert_eq!(open, 0.0, "connections leaked in ztunnel");
+}
+
+/// CPU time (user and system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Out of file descriptors, the agent backs off instead of spinning on
+/// `accept` (the waiting connections would make every retry fail at once),
+/// and takes connections again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_agent_backs_off_and_recovers() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    bed.cluster.stop_ztunnel(0).await.unwrap();
+    bed.cluster.ztunnel_fd_limit = Some(128);
+    bed.cluster.start_ztunnel(0).await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    // Over HBONE each taken connection holds one descriptor (its streams
+    // share one pooled connection), so once they are all used up, nothing
+    // frees one: every accept fails until the clients let go.
+    let target = bed.cluster.pod("n2-a").addr(APP_PORT);
+    // The kernel completes these handshakes into the listener's backlog;
+    // the agent runs out of descriptors taking them.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        held.push(client.netns.connect(target).await.unwrap());
+    }
+    let ztunnel = bed.cluster.ztunnel(0);
+    let backoffs = || ztunnel.log_records().iter().filter(|r| r["message"] == "accept failed; backing off").count();
+    ztunnel.wait_for_log("a first backoff", WAIT, |_| backoffs() >= 1).await.unwrap();
+    let pid = ztunnel.pid().unwrap();
+    let (cpu_before, started) = (cpu_time(pid), std::time::Instant::now());
+    // Eight more backoffs: at least 10 + 20 + … + 1000 ms of waiting.
+    let seen = backoffs();
+    ztunnel.wait_for_log("eight more backoffs", Duration::from_secs(60), |_| backoffs() >= seen + 8).await.unwrap();
+    let (cpu, wall) = (cpu_time(pid) - cpu_before, started.elapsed());
+    assert!(wall >= Duration::from_millis(1000), "backoffs came after {wall:?}: not backing off");
+    assert!(cpu < wall / 4, "the agent used {cpu:?} of CPU in {wall:?} out of descriptors: spinning");
+
+    drop(held);
+    let done = ambit_tests::sample::exchange(&client.netns, "after", target, 64, 64).await.unwrap();
+    assert_eq!(done.hello.server, "n2-a", "descriptors are free again: the agent takes connections");
 }
