@@ -127,6 +127,7 @@ async fn start_kubernetes(
         namespace: settings.namespace.clone(),
         service_account: mesh::control::ZTUNNEL_SERVICE_ACCOUNT.into(),
         audience: settings.token_audience.clone(),
+        reviews: std::sync::Arc::default(),
     };
     Ok((ca, NodeAuth::Kubernetes(reviewer)))
 }
