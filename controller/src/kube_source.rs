@@ -41,16 +41,27 @@ pub struct Meta {
     pub reference: ObjectReference,
     /// An HTTPRoute's Service parentRefs: its status is per parent.
     pub route_parents: Vec<serde_json::Value>,
+    /// What a change must alter to matter: the object's identity, spec
+    /// (its generation), labels and annotations. Not its status, which the
+    /// controller itself writes.
+    pub fingerprint: u64,
 }
 
 fn meta_of<K: kube::Resource<DynamicType = ()>>(object: &K) -> Meta {
+    use std::hash::{Hash as _, Hasher as _};
+    let meta = object.meta();
     // Events are aggregated per (reason, regarding); naming the version
     // makes each rejected version its own Event, so the latest problem is
     // the one users see rather than a count on the first.
-    let reference =
-        ObjectReference { resource_version: object.meta().resource_version.clone(), ..object.object_ref(&()) };
-    Meta { generation: object.meta().generation, reference, route_parents: Vec::new() }
+    let reference = ObjectReference { resource_version: meta.resource_version.clone(), ..object.object_ref(&()) };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&meta.uid, meta.generation, &meta.labels, &meta.annotations).hash(&mut hasher);
+    Meta { generation: meta.generation, reference, route_parents: Vec::new(), fingerprint: hasher.finish() }
 }
+
+/// Watch events of the kinds the controller writes status to, by whether
+/// they changed anything it reads (`applied`) or only status (`unchanged`).
+pub const WATCH_EVENTS: &str = "ambit_controller_watch_events_total";
 
 /// A 404 from a list means the kind is not served; a watcher keeps
 /// retrying, so the kind is picked up once its CRD is installed.
@@ -90,6 +101,7 @@ fn policy<S: Clone>(kind: &str, metadata: &kube::core::ObjectMeta, spec: &S) -> 
         metadata: ObjectMeta {
             name: metadata.name.clone().unwrap_or_default(),
             namespace: metadata.namespace.clone().unwrap_or_default(),
+            annotations: ObjectMeta::honoured_annotations(&metadata.annotations.clone().unwrap_or_default()),
         },
         spec: spec.clone(),
         status: None,
@@ -196,7 +208,16 @@ impl SyncState {
                 }
                 self.known.entry(key.kind).or_default().insert(key.clone());
                 if let Some(meta) = meta {
+                    // The predicate: a change to status alone (our own
+                    // write, or another controller's) is no change at all.
+                    let unchanged = self.metas.get(&key).is_some_and(|m| m.fingerprint == meta.fingerprint);
+                    let effect = if unchanged { "unchanged" } else { "applied" };
+                    metrics::counter!(WATCH_EVENTS, "kind" => format!("{:?}", key.kind), "effect" => effect)
+                        .increment(1);
                     self.metas.insert(key, meta);
+                    if unchanged {
+                        return;
+                    }
                 }
                 self.pending.push(Change::Upsert(object));
             }
@@ -249,6 +270,22 @@ mod tests {
         let yaml =
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: x}\nspec: {}\n";
         parse_documents(yaml).ok().and_then(|p| p.objects.into_iter().next()).unwrap_or_else(|| panic!("no route"))
+    }
+
+    fn meta(fingerprint: u64) -> super::Meta {
+        super::Meta { generation: Some(1), reference: Default::default(), route_parents: Vec::new(), fingerprint }
+    }
+
+    /// A status-only change (the controller's own write) is no change: it
+    /// reaches neither translation nor the agents.
+    #[test]
+    fn status_only_changes_are_ignored() {
+        let mut state = SyncState::default();
+        state.record(Seen::Object(route(), Some(meta(7))));
+        state.record(Seen::Object(route(), Some(meta(7))));
+        assert_eq!(state.pending.len(), 1, "the second event changed only status");
+        state.record(Seen::Object(route(), Some(meta(8))));
+        assert_eq!(state.pending.len(), 2, "a new generation, label or annotation counts");
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub fn describe() {
     metrics::describe_counter!(RECONCILE_ERRORS, "Objects or configs rejected, by kind.");
     metrics::describe_counter!(CERTIFICATES, "Certificate requests, by result (issued or refused).");
     metrics::describe_counter!(CONNECTIONS, "TLS connections agents and waypoints opened to the control endpoint.");
+    metrics::describe_counter!(
+        crate::kube_source::WATCH_EVENTS,
+        "Watch events of status-bearing kinds, by whether they changed what the controller reads."
+    );
+    metrics::describe_counter!(crate::status::STATUS_RETRIES, "Status writes retried after failing, by kind.");
     metrics::describe_counter!(crate::server::REFUSED, "Connections refused at a limit or a TLS deadline.");
     metrics::gauge!("istio_build", "component" => "controller", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
