@@ -120,7 +120,13 @@ pub fn parse_documents(text: &str) -> Result<Parsed, ParseError> {
         let field = |name: &str| value.get(name).and_then(yaml_serde::Value::as_str).unwrap_or_default().to_owned();
         let (api_version, kind) = (field("apiVersion"), field("kind"));
         let object_error = |cause: String| ParseError::Object { index, kind: kind.clone(), cause };
-        let group = api_version.split_once('/').map_or("", |(group, _)| group);
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        if let Some(served) = served_versions(group).filter(|served| !served.contains(&version)) {
+            return Err(object_error(format!("{api_version} is not served; {group} serves {}", served.join(", "))));
+        }
+        if let Some(pruned) = istio_fields_pruned(group, &kind, &value) {
+            return Err(object_error(pruned));
+        }
         let object = match (group, kind.as_str()) {
             ("", "Namespace") => Object::Namespace(Box::new(from_value(value.clone()).map_err(object_error)?)),
             ("", "Pod") => Object::Pod(Box::new(from_value(value.clone()).map_err(object_error)?)),
@@ -154,6 +160,70 @@ pub fn parse_documents(text: &str) -> Result<Parsed, ParseError> {
 }
 
 use serde::Deserialize as _;
+
+/// The versions of a group whose kinds are read, as the CRDs serve them.
+fn served_versions(group: &str) -> Option<&'static [&'static str]> {
+    match group {
+        "security.istio.io" => Some(crate::crds::SECURITY_VERSIONS),
+        "networking.istio.io" => Some(crate::crds::NETWORKING_VERSIONS),
+        "gateway.networking.k8s.io" => Some(crate::crds::GATEWAY_VERSIONS),
+        _ => None,
+    }
+}
+
+/// A field of an Istio object that its type does not know, and so would be
+/// dropped: the API server prunes such a field (modern `kubectl` warns of
+/// it); this mode refuses the document instead, naming the field, so that
+/// nothing is silently pruned.
+fn istio_fields_pruned(group: &str, kind: &str, value: &yaml_serde::Value) -> Option<String> {
+    let spec = value.get("spec")?;
+    let typed: Result<serde_json::Value, String> = match (group, kind) {
+        ("networking.istio.io", "VirtualService") => round_trip::<crate::crds::networking::VirtualServiceSpec>(spec),
+        ("networking.istio.io", "DestinationRule") => round_trip::<crate::crds::networking::DestinationRuleSpec>(spec),
+        _ => return None,
+    };
+    let original = serde_json::to_value(spec).ok()?;
+    let missing = typed.ok().and_then(|typed| first_missing(&original, &typed, "spec"))?;
+    Some(format!("unknown field `{missing}`: not in Istio's API, or not one ambit reads; it would be ignored"))
+}
+
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    spec: &yaml_serde::Value,
+) -> Result<serde_json::Value, String> {
+    let typed: T = yaml_serde::from_value(spec.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+/// The first field (a dotted path) set in `original` that `typed` lacks.
+/// Empty values do not count: types leave empty lists and maps out.
+fn first_missing(original: &serde_json::Value, typed: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match (original, typed) {
+        (Value::Object(fields), Value::Object(kept)) => fields.iter().find_map(|(name, field)| {
+            let here = format!("{path}.{name}");
+            match kept.get(name) {
+                Some(kept) => first_missing(field, kept, &here),
+                None if is_empty(field) => None,
+                None => Some(here),
+            }
+        }),
+        (Value::Array(items), Value::Array(kept)) => items
+            .iter()
+            .zip(kept)
+            .enumerate()
+            .find_map(|(i, (item, kept))| first_missing(item, kept, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn is_empty(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(items) => items.is_empty(),
+        serde_json::Value::Object(fields) => fields.is_empty(),
+        _ => false,
+    }
+}
 
 fn from_value<T: serde::de::DeserializeOwned>(value: yaml_serde::Value) -> Result<T, String> {
     yaml_serde::from_value(value).map_err(|e| e.to_string())
@@ -211,6 +281,28 @@ mod tests {
             ["Namespace mesh", "AuthorizationPolicy default/deny", "VirtualService default/vs", "HttpRoute x/r"]
         );
         assert_eq!(parsed.skipped, ["v1 ConfigMap"]);
+    }
+
+    #[test]
+    fn istio_versions_are_served_as_the_api_server_serves_them() {
+        let doc = |version: &str| {
+            format!(
+                "apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: d}}\nspec: {{host: a}}\n"
+            )
+        };
+        for served in ["v1", "v1beta1", "v1alpha3"] {
+            assert_eq!(parse_documents(&doc(served)).map(|p| p.objects.len()).ok(), Some(1), "{served}");
+        }
+        let error = parse_documents(&doc("v2")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("networking.istio.io/v2 is not served"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_istio_field_is_refused_by_name_not_dropped() {
+        let text = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: d}\n\
+                    spec:\n  host: a\n  trafficPolicy: {outlierDetection: {consecutiveErrrors: 5}}\n  exportTo: []\n";
+        let error = parse_documents(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("`spec.trafficPolicy.outlierDetection.consecutiveErrrors`"), "{error}");
     }
 
     #[test]

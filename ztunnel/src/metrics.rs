@@ -23,6 +23,8 @@ pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 pub const CONFIG_UPDATES: &str = "ambit_config_updates_total";
 pub const CAPTURED_PODS: &str = "ambit_captured_pods";
 pub const POLICY_CLOSED: &str = "ambit_connections_closed_by_policy_total";
+/// Connections `istio.io/dry-run` policies would have allowed or denied.
+pub const DRY_RUN: &str = "ambit_authz_dry_run_total";
 /// Packets the capture programs dropped, by reason (read from their map).
 pub const CAPTURE_DROPS: &str = "ambit_capture_dropped_packets_total";
 /// Local pods in the config whose interface or route is not on the node.
@@ -54,6 +56,7 @@ fn describe() {
     metrics::describe_gauge!(CAPTURED_PODS, "Local pods whose traffic is captured.");
     metrics::describe_counter!(POLICY_CLOSED, "Live connections closed because policy came to deny them.");
     metrics::describe_counter!(CAPTURE_DROPS, "Packets the capture programs dropped, by reason.");
+    metrics::describe_counter!(DRY_RUN, "Connections dry-run policies would have allowed or denied (never enforced).");
     metrics::describe_gauge!(PODS_WITHOUT_ROUTE, "Local pods in the config with no interface or route on the node.");
     metrics::describe_counter!(
         crate::proxy::FORGED_SOURCE,

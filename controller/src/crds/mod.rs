@@ -78,17 +78,80 @@ pub struct StatusCondition {
 
 type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+/// The versions each API group serves besides `v1`, with `v1`'s schema, as
+/// Istio's and the Gateway API's own CRDs serve them: objects written for
+/// any of them (Istio's task pages still say `v1beta1` and `v1alpha3`) are
+/// accepted, stored as `v1`, and read back as any.
+pub const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+pub const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+pub const GATEWAY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+
 /// The generated CRD files: path under `manifests/`, and contents.
 pub fn files() -> Result<Vec<(&'static str, String)>, yaml_serde::Error> {
     use gateway_api::apis::standard::{gateways::Gateway, httproutes::HttpRoute};
+    let istio = |crd: Crd, versions: &[&str]| serving(conditions_by_type(crd), versions);
     Ok(vec![
-        ("crds/istio-security.yaml", render(&[AuthorizationPolicy::crd(), PeerAuthentication::crd()])?),
+        (
+            "crds/istio-security.yaml",
+            render(&[
+                istio(AuthorizationPolicy::crd(), SECURITY_VERSIONS),
+                istio(PeerAuthentication::crd(), SECURITY_VERSIONS),
+            ])?,
+        ),
         (
             "crds/istio-networking.yaml",
-            render(&[networking::VirtualService::crd(), networking::DestinationRule::crd()])?,
+            render(&[
+                istio(networking::VirtualService::crd(), NETWORKING_VERSIONS),
+                istio(networking::DestinationRule::crd(), NETWORKING_VERSIONS),
+            ])?,
         ),
-        ("gateway-api/crds.yaml", render(&[approved(Gateway::crd()), approved(HttpRoute::crd())])?),
+        (
+            "gateway-api/crds.yaml",
+            render(&[
+                serving(approved(Gateway::crd()), GATEWAY_VERSIONS),
+                serving(approved(HttpRoute::crd()), GATEWAY_VERSIONS),
+            ])?,
+        ),
     ])
+}
+
+/// `crd` serving `versions` (the first is its own, and the stored one),
+/// all with the same schema, so no conversion is needed.
+fn serving(mut crd: Crd, versions: &[&str]) -> Crd {
+    let Some(stored) = crd.spec.versions.first().cloned() else { return crd };
+    crd.spec.versions = versions
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut version = stored.clone();
+            version.name = (*name).to_owned();
+            version.storage = i == 0;
+            version.served = true;
+            version
+        })
+        .collect();
+    crd
+}
+
+/// Marks `status.conditions` as a list keyed by `type`, so server-side apply
+/// merges conditions by type: the controller owns its `Accepted` condition,
+/// and other controllers' conditions on the same object survive its writes.
+fn conditions_by_type(mut crd: Crd) -> Crd {
+    for version in &mut crd.spec.versions {
+        let conditions = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"))
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("conditions"));
+        if let Some(conditions) = conditions {
+            conditions.x_kubernetes_list_type = Some("map".into());
+            conditions.x_kubernetes_list_map_keys = Some(vec!["type".into()]);
+        }
+    }
+    crd
 }
 
 /// The API server accepts CRDs in `*.k8s.io` groups only with the
@@ -145,6 +208,9 @@ mod tests {
         let text: String = files().unwrap_or_default().into_iter().map(|(_, text)| text).collect();
         let needles = [
             "name: authorizationpolicies.security.istio.io",
+            "name: v1beta1",
+            "name: v1alpha3",
+            "x-kubernetes-list-type: map",
             "ipBlocks:",
             "portLevelMtls:",
             "subresources:",

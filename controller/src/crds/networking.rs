@@ -240,6 +240,10 @@ pub struct FaultDelay {
     /// Defaults to 100%, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
+    /// Deprecated in Istio for `percentage`, still honoured by it (when
+    /// `percentage` is absent), and so here: an integer 0..=100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -350,6 +354,11 @@ pub struct HttpSettings {
 pub struct OutlierDetection {
     #[serde(default, rename = "consecutive5xxErrors", skip_serializing_if = "Option::is_none")]
     pub consecutive_5xx_errors: Option<u32>,
+    /// Deprecated in Istio, still honoured by it: as many consecutive
+    /// gateway errors (502, 503, 504) eject, and 5xx errors alone do not
+    /// (unless `consecutive5xxErrors` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

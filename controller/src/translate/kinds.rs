@@ -115,12 +115,18 @@ pub fn service(object: &K8sService) -> Translated<Service> {
 /// Checked by compiling it alone, so a bad policy is pinned on itself.
 pub fn authorization_policy(object: &AuthorizationPolicy, root_namespace: &str) -> Translated<AuthorizationPolicy> {
     Authorizer::new(std::slice::from_ref(object), &[], root_namespace).map_err(|e| e.to_string())?;
-    Ok(Some(AuthorizationPolicy { status: None, ..object.clone() }))
+    Ok(Some(AuthorizationPolicy { status: None, metadata: honoured(&object.metadata), ..object.clone() }))
 }
 
 pub fn peer_authentication(object: &PeerAuthentication, root_namespace: &str) -> Translated<PeerAuthentication> {
     Authorizer::new(&[], std::slice::from_ref(object), root_namespace).map_err(|e| e.to_string())?;
-    Ok(Some(PeerAuthentication { status: None, ..object.clone() }))
+    Ok(Some(PeerAuthentication { status: None, metadata: honoured(&object.metadata), ..object.clone() }))
+}
+
+/// A policy's metadata as agents get it: only the annotations they honour.
+fn honoured(metadata: &mesh::config::policy::ObjectMeta) -> mesh::config::policy::ObjectMeta {
+    let annotations = mesh::config::policy::ObjectMeta::honoured_annotations(&metadata.annotations);
+    mesh::config::policy::ObjectMeta { annotations, ..metadata.clone() }
 }
 
 /// Why an object routes nothing (for logs).

@@ -145,7 +145,10 @@ fn istio_fault(f: &istio::HttpFaultInjection) -> Result<FaultInjection, String> 
         .as_ref()
         .map(|d| {
             let delay = routing::parse_duration(&d.fixed_delay).map_err(|e| format!("fault.delay.fixedDelay: {e}"))?;
-            Ok::<_, String>(FaultDelay { delay, ppm: ppm(d.percentage.as_ref())? })
+            // The deprecated integer `percent` counts only without `percentage`, as in Istio.
+            let deprecated = d.percent.map(|p| istio::Percent { value: f64::from(p) });
+            let percentage = d.percentage.as_ref().or(deprecated.as_ref());
+            Ok::<_, String>(FaultDelay { delay, ppm: ppm(percentage)? })
         })
         .transpose()?;
     let abort = f
@@ -225,9 +228,17 @@ fn outlier_detection(o: &istio::OutlierDetection) -> Result<routing::OutlierDete
         .max_ejection_percent
         .map(|p| u32::try_from(p).ok().filter(|p| *p <= 100).ok_or(format!("maxEjectionPercent {p} is not 0..100")))
         .transpose()?;
+    // Istio's meaning of the deprecated `consecutiveErrors`: that many
+    // gateway errors eject, 5xx alone do not; the current fields, when set,
+    // have the last word.
+    let deprecated = o
+        .consecutive_errors
+        .map(|n| u32::try_from(n).map_err(|_| format!("outlierDetection.consecutiveErrors {n} is negative")))
+        .transpose()?
+        .filter(|n| *n > 0);
     Ok(routing::OutlierDetection {
-        consecutive_5xx_errors: o.consecutive_5xx_errors,
-        consecutive_gateway_errors: o.consecutive_gateway_errors,
+        consecutive_5xx_errors: o.consecutive_5xx_errors.or(deprecated.map(|_| 0)),
+        consecutive_gateway_errors: o.consecutive_gateway_errors.or(deprecated),
         interval: duration("outlierDetection.interval", o.interval.as_ref())?,
         base_ejection_time: duration("outlierDetection.baseEjectionTime", o.base_ejection_time.as_ref())?,
         max_ejection_percent,

@@ -205,3 +205,41 @@ fn waypoint_gateways_and_the_services_that_use_them() {
     assert!(matches!(apply(&mut translator, &ingress)[0], Outcome::NotRouted(_)));
     assert!(translator.config().waypoints.is_empty());
 }
+
+/// Istio's task pages still use fields Istio deprecated but honours; they
+/// mean here what they mean in Istio, rather than being dropped.
+#[test]
+fn deprecated_fields_istio_honours_keep_their_meaning() {
+    let mut translator = Translator::new("istio-system");
+    let yaml = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\n\
+        metadata: {name: ratings, namespace: shop}\nspec:\n  hosts: [ratings]\n  http:\n  \
+        - route: [{destination: {host: ratings}}]\n    fault: {delay: {fixedDelay: 7s, percent: 40}}\n---\n\
+        apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: ratings, namespace: shop}\n\
+        spec:\n  host: ratings\n  trafficPolicy: {outlierDetection: {consecutiveErrors: 7}}\n";
+    assert_eq!(apply(&mut translator, yaml), [Outcome::Accepted, Outcome::Accepted]);
+    let config = translator.config();
+    let delay = config.http_routes[0].rules[0].fault.as_ref().and_then(|f| f.delay.clone()).unwrap_or_default();
+    assert_eq!((delay.delay, delay.ppm), (Duration::from_secs(7), 400_000), "percent: 40 delays 40%");
+    let outlier = config.destination_policies[0].traffic_policy.outlier_detection.clone().unwrap_or_default();
+    assert_eq!(
+        (outlier.consecutive_gateway_errors, outlier.consecutive_5xx_errors),
+        (Some(7), Some(0)),
+        "consecutiveErrors counts gateway errors only"
+    );
+}
+
+#[test]
+fn the_current_fields_win_over_deprecated_ones() {
+    let mut translator = Translator::new("istio-system");
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+        metadata: {name: ratings, namespace: shop}\nspec:\n  hosts: [ratings]\n  http:\n  \
+        - route: [{destination: {host: ratings}}]\n    fault: {delay: {fixedDelay: 1s, percent: 40, percentage: {value: 5}}}\n---\n\
+        apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings, namespace: shop}\n\
+        spec:\n  host: ratings\n  trafficPolicy: {outlierDetection: {consecutiveErrors: 7, consecutive5xxErrors: 3}}\n";
+    assert_eq!(apply(&mut translator, yaml), [Outcome::Accepted, Outcome::Accepted]);
+    let config = translator.config();
+    let delay = config.http_routes[0].rules[0].fault.as_ref().and_then(|f| f.delay.clone()).unwrap_or_default();
+    assert_eq!(delay.ppm, 50_000);
+    let outlier = config.destination_policies[0].traffic_policy.outlier_detection.clone().unwrap_or_default();
+    assert_eq!((outlier.consecutive_gateway_errors, outlier.consecutive_5xx_errors), (Some(7), Some(3)));
+}

@@ -141,3 +141,37 @@ fn deleting_removes_and_namespaces_carry_labels() {
     assert!(translator.config().workloads.is_empty());
     assert_eq!(translator.config().namespaces.len(), 1);
 }
+
+/// Istio's task pages write `security.istio.io/v1beta1` and `group: ""` in
+/// targetRefs; both are taken as Istio takes them. The dry-run annotation
+/// reaches the agents; other annotations do not.
+#[test]
+fn istio_task_page_policies_apply_and_dry_run_travels() {
+    let yaml = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata:\n  name: viewer\n  \
+                namespace: shop\n  annotations: {istio.io/dry-run: 'true', kubectl.kubernetes.io/last-applied-configuration: '{}'}\n\
+                spec:\n  targetRefs: [{kind: Service, group: '', name: productpage}]\n  action: ALLOW\n  \
+                rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/gateway]}}]}]\n";
+    let (translator, outcomes) = translate(yaml);
+    assert_eq!(outcomes, [Outcome::Accepted]);
+    let policy = &translator.config().authorization_policies[0];
+    assert!(policy.dry_run());
+    assert_eq!(policy.metadata.annotations.len(), 1, "{:?}", policy.metadata.annotations);
+    assert_eq!(policy.spec.target_refs[0].group, "");
+}
+
+/// The same objects in local-directory mode: every one is taken.
+#[test]
+fn istio_docs_objects_are_all_accepted() {
+    let mut translator = Translator::new("istio-system");
+    let objects = objects(include_str!("../../../tests/fixtures/istio-docs.yaml"));
+    let mut outcomes: Vec<_> = objects.iter().map(|o| (o.key(), translator.upsert(o))).collect();
+    for (key, outcome) in translator.settle() {
+        if let Some(slot) = outcomes.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = outcome;
+        }
+    }
+    let refused: Vec<_> = outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Rejected(_))).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    assert_eq!(translator.config().authorization_policies.len(), 2);
+    assert_eq!(translator.config().http_routes.len(), 3);
+}

@@ -13,6 +13,12 @@
 //! CUSTOM policies (external authorizers) are unsupported and deny all
 //! traffic in their scope; AUDIT policies have no effect on decisions.
 //! Policies with `targetRef(s)` are for waypoints and are skipped here.
+//!
+//! Policies annotated `istio.io/dry-run: "true"` never decide. They are
+//! evaluated beside the others ([`Authorizer::dry_run`]), as Istio's shadow
+//! engines evaluate them: the dry-run DENY policies deny if any matches; the
+//! dry-run ALLOW policies, if there are any, deny unless one matches. The
+//! caller logs and counts what they would have done.
 
 mod matcher;
 mod peer_authentication;
@@ -90,6 +96,8 @@ struct CompiledPolicy {
 pub struct Authorizer {
     root_namespace: String,
     policies: Vec<CompiledPolicy>,
+    /// Evaluated, never enforced.
+    dry_run: Vec<CompiledPolicy>,
     peer: PeerAuthenticator,
 }
 
@@ -99,14 +107,14 @@ impl Authorizer {
         peer_authentications: &[PeerAuthentication],
         root_namespace: &str,
     ) -> Result<Self, PolicyError> {
-        let mut compiled = Vec::new();
+        let (mut compiled, mut dry_run) = (Vec::new(), Vec::new());
         for policy in policies {
-            if let Some(policy) = compile_policy(policy)? {
-                compiled.push(policy);
+            if let Some(compiled_policy) = compile_policy(policy)? {
+                if policy.dry_run() { &mut dry_run } else { &mut compiled }.push(compiled_policy);
             }
         }
         let peer = PeerAuthenticator::new(peer_authentications, root_namespace)?;
-        Ok(Self { root_namespace: root_namespace.to_owned(), policies: compiled, peer })
+        Ok(Self { root_namespace: root_namespace.to_owned(), policies: compiled, dry_run, peer })
     }
 
     fn applies(&self, policy: &CompiledPolicy, namespace: &str, labels: &Labels) -> bool {
@@ -130,6 +138,25 @@ impl Authorizer {
             return Decision::Allow;
         }
         Decision::Deny("no ALLOW policy matches it".into())
+    }
+
+    /// What the dry-run policies for `destination` would decide, if any
+    /// applies; it is never enforced (see the module's doc).
+    pub fn dry_run(&self, destination: &Workload, connection: &ConnectionInfo<'_>) -> Option<Decision> {
+        let applicable: Vec<&CompiledPolicy> =
+            self.dry_run.iter().filter(|p| self.applies(p, &destination.namespace, &destination.labels)).collect();
+        if applicable.is_empty() {
+            return None;
+        }
+        let matches = |p: &CompiledPolicy| p.rules.iter().any(|r| r.matches(connection));
+        if let Some(deny) = applicable.iter().find(|p| p.effect == Effect::Deny && matches(p)) {
+            return Some(Decision::Deny(format!("dry-run policy {} would deny it", deny.key)));
+        }
+        let mut allows = applicable.iter().filter(|p| p.effect == Effect::Allow).peekable();
+        if allows.peek().is_some() && !allows.any(|p| matches(p)) {
+            return Some(Decision::Deny("no dry-run ALLOW policy would match it".into()));
+        }
+        Some(Decision::Allow)
     }
 
     /// Whether `destination` accepts plaintext (non-mTLS) connections on `port`.

@@ -255,3 +255,26 @@ fn peer_authentication_precedence() {
     );
     assert!(Authorizer::new(&[], &peer_auths(&bad), ROOT).is_err(), "portLevelMtls without selector");
 }
+
+/// `istio.io/dry-run: "true"`: the policy decides nothing; what it would
+/// have decided is told apart, with Istio's shadow semantics.
+#[test]
+fn dry_run_policies_are_evaluated_never_enforced() {
+    let yaml = format!(
+        "- {HEAD}\n  metadata: {{ name: would-deny, namespace: shop, annotations: {{ istio.io/dry-run: 'true' }} }}\n  \
+         spec:\n    action: DENY\n    rules: [{{ from: [{{ source: {{ principals: [cluster.local/ns/shop/sa/evil] }} }}] }}]\n\
+         - {HEAD}\n  metadata: {{ name: would-allow, namespace: shop, annotations: {{ istio.io/dry-run: 'True' }} }}\n  \
+         spec:\n    action: ALLOW\n    rules: [{{ from: [{{ source: {{ namespaces: [shop] }} }}] }}]\n"
+    );
+    let authz = Authorizer::new(&policies(&yaml), &[], ROOT).unwrap();
+    let web = workload("shop", "web");
+    let (evil, friend, stranger) = (id("shop/evil"), id("shop/friend"), id("other/x"));
+    for identity in [&evil, &friend, &stranger] {
+        assert!(authz.authorize(&web, &conn(identity, "10.0.0.1", 80)).is_allowed(), "dry-run policies never deny");
+    }
+    let dry = |identity| authz.dry_run(&web, &conn(identity, "10.0.0.1", 80)).unwrap();
+    assert_eq!(dry(&evil), Decision::Deny("dry-run policy shop/would-deny would deny it".into()));
+    assert_eq!(dry(&friend), Decision::Allow);
+    assert!(!dry(&stranger).is_allowed(), "no dry-run ALLOW policy matches a stranger");
+    assert_eq!(authz.dry_run(&workload("bank", "vault"), &conn(&evil, "10.0.0.1", 80)), None, "out of scope");
+}

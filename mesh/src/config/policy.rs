@@ -23,6 +23,20 @@ pub struct ObjectMeta {
     pub name: String,
     #[serde(default)]
     pub namespace: String,
+    /// Only the annotations the mesh honours are kept ([`DRY_RUN_ANNOTATION`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Istio's dry-run annotation: an AuthorizationPolicy that carries it with
+/// `"true"` is evaluated and its verdict logged and counted, never enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+impl ObjectMeta {
+    /// The annotations of `all` that the mesh honours.
+    pub fn honoured_annotations(all: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        all.iter().filter(|(k, _)| k.as_str() == DRY_RUN_ANNOTATION).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
 }
 
 /// A Kubernetes object of one of the policy kinds.
@@ -43,6 +57,11 @@ pub type AuthorizationPolicy = Resource<AuthorizationPolicySpec>;
 pub type PeerAuthentication = Resource<PeerAuthenticationSpec>;
 
 impl<S> Resource<S> {
+    /// Whether the object asks to be evaluated but not enforced.
+    pub fn dry_run(&self) -> bool {
+        self.metadata.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.metadata.namespace, self.metadata.name)
@@ -79,15 +98,24 @@ impl WorkloadSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetReference {
-    /// Empty for the core group. (Never serialized empty, which also keeps
-    /// an empty-string default out of the CRD schema: Kubernetes 1.20
-    /// rejects one.)
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Empty for the core group, as Istio's docs write it (`group: ""`).
+    /// Nullable in the CRD schema: `kubectl apply` sends an empty string as
+    /// null, which a plain string schema refuses; null reads as empty.
+    #[serde(default, skip_serializing_if = "String::is_empty", deserialize_with = "null_as_empty")]
+    #[schemars(schema_with = "nullable_string")]
     pub group: String,
     pub kind: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn nullable_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "nullable": true})
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -254,5 +282,19 @@ impl Rule {
         found.sort();
         found.dedup();
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_group_reads_the_same_whether_empty_or_null() {
+        for group in ["''", "null", "~"] {
+            let yaml = format!("{{group: {group}, kind: Service, name: productpage}}");
+            let reference: PolicyTargetReference = yaml_serde::from_str(&yaml).unwrap();
+            assert_eq!(reference.group, "", "group: {group}");
+        }
     }
 }

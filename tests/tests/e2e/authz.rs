@@ -151,3 +151,32 @@ async fn strict_refuses_plaintext_and_permissive_admits_it_as_unknown() {
     assert!(closed.is_err(), "an open plaintext connection survived STRICT");
     assert!(reaches(&bed, "n1-a", n2a).await, "mesh traffic must flow under STRICT");
 }
+
+/// `istio.io/dry-run: "true"` on a DENY policy: the connection it matches
+/// goes through, and the access line and a counter say it would have been
+/// denied. The same policy without the annotation denies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_policy_is_evaluated_and_logged_never_enforced() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    let n2a = bed.cluster.pod("n2-a").addr(APP_PORT);
+    let policy = |annotations: &str| {
+        format!(
+            "- {HEAD}\n  metadata: {{ name: no-n1-a, namespace: mesh{annotations} }}\n  spec:\n    \
+             selector: {{ matchLabels: {{ name: n2-a }} }}\n    action: DENY\n    \
+             rules:\n    - from: [{{ source: {{ principals: [cluster.local/ns/mesh/sa/sa-n1-a] }} }}]\n"
+        )
+    };
+    let dry_run = policies(&policy(", annotations: { istio.io/dry-run: 'true' }"));
+    bed.apply(|c| c.authorization_policies = dry_run).await.unwrap();
+    assert!(reaches(&bed, "n1-a", n2a).await, "a dry-run DENY policy was enforced");
+    let log = access_log_in(&bed.cluster, 1, "inbound", IpAddr::V4(bed.cluster.pod("n1-a").ip), &n2a.to_string()).await;
+    assert_eq!(log["response_flags"], "-");
+    assert!(log["authz.dry_run"].as_str().is_some_and(|v| v.contains("mesh/no-n1-a would deny")), "{log}");
+    let counted = metrics(&bed.cluster, 1).await.sum("ambit_authz_dry_run_total", &[("result", "deny")]);
+    assert_eq!(counted.unwrap(), 1.0);
+
+    let enforced = policies(&policy(""));
+    bed.apply(|c| c.authorization_policies = enforced).await.unwrap();
+    assert!(!reaches(&bed, "n1-a", n2a).await, "the same policy, enforced, denies");
+}

@@ -2,7 +2,7 @@
 //! manifests install, the CRDs' schemas reject bad objects at apply time.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ambit_tests::cluster::PodSpec;
 use ambit_tests::control_plane::CONTROL_ADDR;
@@ -55,6 +55,8 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
         assert!(applied.contains(created), "{created}:\n{applied}");
     }
 
+    istio_docs_apply_unchanged(&api, &netns).await;
+
     let bad_action = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\n\
                       spec: {action: MAYBE}\n";
     let refused = api.apply(&netns, bad_action).await.err().map(|e| e.to_string()).unwrap_or_default();
@@ -67,6 +69,35 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
                      spec: {hosts: [a], http: [{route: [{destination: {port: {number: 80}}}]}]}\n";
     let refused = api.apply(&netns, bad_route).await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("host"), "a destination without a host: {refused}");
+}
+
+/// Objects as Istio's task pages write them (older API versions, `group:
+/// ""`, deprecated fields Istio honours) apply unchanged, and what they say
+/// is stored, not pruned.
+async fn istio_docs_apply_unchanged(api: &ApiServer, netns: &Netns) {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio-docs.yaml");
+    let applied = api.kubectl(netns, &["apply", "-f", docs.to_str().unwrap()]).await.unwrap();
+    for created in [
+        "peerauthentication.security.istio.io/default created",
+        "authorizationpolicy.security.istio.io/productpage-viewer created",
+        "authorizationpolicy.security.istio.io/deny-outsiders created",
+        "destinationrule.networking.istio.io/reviews created",
+        "virtualservice.networking.istio.io/reviews created",
+        "virtualservice.networking.istio.io/ratings created",
+        "httproute.gateway.networking.k8s.io/details created",
+    ] {
+        assert!(applied.contains(created), "{created}:\n{applied}");
+    }
+    let read = |kind: &'static str, name: &'static str| async move {
+        let json = api.kubectl(netns, &["get", kind, name, "-n", "bookinfo", "-o", "json"]).await.unwrap();
+        serde_json::from_str::<Value>(&json).unwrap()
+    };
+    let rule = read("destinationrules.v1.networking.istio.io", "reviews").await;
+    assert_eq!(rule["spec"]["trafficPolicy"]["outlierDetection"]["consecutiveErrors"], 7, "{rule}");
+    let route = read("virtualservices.v1.networking.istio.io", "reviews").await;
+    assert_eq!(route["spec"]["http"][0]["fault"]["delay"]["percent"], 100, "{route}");
+    let policy = read("authorizationpolicies.v1.security.istio.io", "productpage-viewer").await;
+    assert_eq!(policy["spec"]["targetRefs"][0]["kind"], "Service", "{policy}");
 }
 
 /// Waits until node `node`'s agent runs a config newer than `after` with
@@ -108,6 +139,30 @@ async fn reaches(bed: &Standard, from: &str, to: &str) -> bool {
     exchange(&pod.netns, &pod.name, bed.cluster.pod(to).addr(APP_PORT), 512, 512).await.is_ok()
 }
 
+/// Every condition on policy `name` now.
+async fn conditions_of(bed: &mut Standard, name: &str) -> Vec<Value> {
+    let json =
+        bed.cluster.control().kubectl(&["get", "authorizationpolicy", name, "-n", MESH_NAMESPACE, "-o", "json"]).await;
+    let object: Value = serde_json::from_str(&json.unwrap()).unwrap();
+    object["status"]["conditions"].as_array().cloned().unwrap_or_default()
+}
+
+/// Writes a condition of another controller onto policy `name`'s status,
+/// as that controller would (a plain update of the status subresource).
+async fn add_foreign_condition(bed: &mut Standard, name: &str) {
+    let control = bed.cluster.control();
+    let json = control.kubectl(&["get", "authorizationpolicy", name, "-n", MESH_NAMESPACE, "-o", "json"]).await;
+    let mut object: Value = serde_json::from_str(&json.unwrap()).unwrap();
+    let foreign = serde_json::json!({"type": "ReconciledElsewhere", "status": "True", "reason": "Other",
+                                     "message": "another controller", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    object["status"]["conditions"].as_array_mut().unwrap().push(foreign);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("status.json");
+    std::fs::write(&file, object.to_string()).unwrap();
+    let path = format!("/apis/security.istio.io/v1/namespaces/{MESH_NAMESPACE}/authorizationpolicies/{name}/status");
+    control.kubectl(&["replace", "--raw", &path, "-f", file.to_str().unwrap()]).await.unwrap();
+}
+
 /// The `Accepted` condition of a policy, once the leader has written one
 /// for generation `generation` (polled through kubectl, bounded).
 async fn accepted_condition(bed: &mut Standard, name: &str, generation: u64) -> Value {
@@ -120,15 +175,17 @@ async fn written_condition(bed: &mut Standard, name: &str, generation: u64) -> O
         let json =
             control.kubectl(&["get", "authorizationpolicy", name, "-n", MESH_NAMESPACE, "-o", "json"]).await.unwrap();
         let object: Value = serde_json::from_str(&json).unwrap();
-        let condition = &object["status"]["conditions"][0];
-        if condition["observedGeneration"].as_u64() == Some(generation) {
+        let conditions = object["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let accepted = conditions.iter().find(|c| c["type"] == "Accepted");
+        if let Some(condition) = accepted.filter(|c| c["observedGeneration"].as_u64() == Some(generation)) {
             return Some(condition.clone());
         }
     }
     None
 }
 
-const DENY_N1A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+// As Istio's task pages write it: v1beta1.
+const DENY_N1A: &str = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\n\
                         metadata: {name: deny-n1a, namespace: mesh}\nspec:\n  selector: {matchLabels: {name: n2-a}}\n  \
                         action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/mesh/sa/sa-n1-a]}}]\n";
 
@@ -157,13 +214,11 @@ async fn kubernetes_mode_follows_labels_and_policies() {
             .await;
     assert_eq!(inbound["src.identity"], "spiffe://cluster.local/ns/mesh/sa/sa-n1-a", "over HBONE as n1-a");
 
-    // kubectl apply: enforced within a second; kubectl delete lifts it.
+    // kubectl apply: enforced; kubectl delete lifts it. (How fast is a
+    // benchmark's business.)
     let before = agent_version(&bed, 1);
-    let applied = Instant::now();
     bed.cluster.control().kube_apply(DENY_N1A).await.unwrap();
     wait_newer(&bed, 1, before).await;
-    let enforced = applied.elapsed();
-    assert!(enforced < Duration::from_secs(1), "the policy took {enforced:?} to reach the destination's agent");
     assert!(!reaches(&bed, "n1-a", "n2-a").await, "the DENY policy is enforced");
     assert!(reaches(&bed, "n1-b", "n2-a").await, "and denies only what it says");
     let accepted = accepted_condition(&mut bed, "deny-n1a", 1).await;
@@ -173,12 +228,25 @@ async fn kubernetes_mode_follows_labels_and_policies() {
         "{accepted}"
     );
 
+    // Another controller's condition on the same object survives ours.
+    add_foreign_condition(&mut bed, "deny-n1a").await;
+    // A new generation, still accepted: the transition time stays.
+    let same_meaning = DENY_N1A.replace("sa-n1-a]", "sa-n1-a, cluster.local/ns/mesh/sa/sa-n1-a]");
+    bed.cluster.control().kube_apply(&same_meaning).await.unwrap();
+    let again = accepted_condition(&mut bed, "deny-n1a", 2).await;
+    assert_eq!(again["lastTransitionTime"], accepted["lastTransitionTime"], "the status did not change: {again}");
+
     // A semantically bad version: rejected in its status, last good stays.
     let bad = DENY_N1A.replace("principals: [cluster.local/ns/mesh/sa/sa-n1-a]", "ipBlocks: [not-a-cidr]");
     bed.cluster.control().kube_apply(&bad).await.unwrap();
-    let rejected = accepted_condition(&mut bed, "deny-n1a", 2).await;
+    let rejected = accepted_condition(&mut bed, "deny-n1a", 3).await;
     assert_eq!(rejected["status"], "False", "{rejected}");
     assert!(rejected["message"].as_str().is_some_and(|m| m.contains("not-a-cidr")), "{rejected}");
+    let conditions = conditions_of(&mut bed, "deny-n1a").await;
+    assert!(
+        conditions.iter().any(|c| c["type"] == "ReconciledElsewhere"),
+        "another controller's condition: {conditions:?}"
+    );
     assert!(!reaches(&bed, "n1-a", "n2-a").await, "the last good version stays in force");
     let events = bed
         .cluster
@@ -186,7 +254,18 @@ async fn kubernetes_mode_follows_labels_and_policies() {
         .kubectl(&["get", "events.events.k8s.io", "-n", MESH_NAMESPACE, "-o", "json"])
         .await
         .unwrap();
-    assert!(events.contains("not-a-cidr"), "a Warning Event names the problem: {events}");
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let about_it = events["items"].as_array().unwrap().iter().any(|e| {
+        e["regarding"]["kind"] == "AuthorizationPolicy"
+            && e["regarding"]["name"] == "deny-n1a"
+            && e["type"] == "Warning"
+            && e["note"].as_str().is_some_and(|n| n.contains("not-a-cidr"))
+    });
+    assert!(about_it, "a Warning Event about deny-n1a names the problem: {events}");
+    // Our own status writes came back as watch events, and were ignored.
+    let metrics = bed.cluster.control().metrics().await.unwrap();
+    let ignored = [("kind", "AuthorizationPolicy"), ("effect", "unchanged")];
+    assert!(metrics.sum("ambit_controller_watch_events_total", &ignored).unwrap() >= 1.0);
 
     let before = agent_version(&bed, 1);
     bed.cluster.control().kubectl(&["delete", "authorizationpolicy", "deny-n1a", "-n", MESH_NAMESPACE]).await.unwrap();

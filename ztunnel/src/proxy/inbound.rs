@@ -194,6 +194,7 @@ fn admit<'s>(
         dst_port: authority.port(),
     };
     let decision = snapshot.authorizer().authorize(destination, &info);
+    record.note_dry_run(snapshot.authorizer().dry_run(destination, &info));
     if !decision.is_allowed() {
         return Err((StatusCode::UNAUTHORIZED, ProxyError::Denied(decision.to_string())));
     }

@@ -75,6 +75,7 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
     }
     let info = ConnectionInfo { src_identity: None, src_ip: peer.ip(), dst_ip: dst.ip(), dst_port: dst.port() };
     let decision = authorizer.authorize(destination, &info);
+    record.note_dry_run(authorizer.dry_run(destination, &info));
     if !decision.is_allowed() {
         return Err(ProxyError::Denied(decision.to_string()));
     }

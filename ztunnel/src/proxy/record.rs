@@ -4,12 +4,14 @@
 //! line to the `access` target. Fields, in order: direction, source
 //! (address, workload, identity), destination (address, service, workload,
 //! identity), upstream, bytes (`bytes_sent`: towards the destination,
-//! `bytes_recv`: back from it), duration, response flags, error.
+//! `bytes_recv`: back from it), duration, response flags, error, and what
+//! dry-run policies would have decided (`authz.dry_run`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use mesh::authz::Decision;
 use mesh::config::{Snapshot, Workload};
 use mesh::identity::Identity;
 use tracing::info;
@@ -32,6 +34,8 @@ pub(super) struct Record {
     pub dst_service: Option<String>,
     metrics: Option<ConnectionMetrics>,
     pub totals: Arc<Totals>,
+    /// What `istio.io/dry-run` policies would have decided, if any applied.
+    dry_run: Option<Decision>,
 }
 
 impl Record {
@@ -49,7 +53,18 @@ impl Record {
             dst_service: None,
             metrics: None,
             totals: Arc::default(),
+            dry_run: None,
         }
+    }
+
+    /// Notes (logs with the connection, and counts) what the dry-run
+    /// policies would have decided; they decide nothing.
+    pub fn note_dry_run(&mut self, verdict: Option<Decision>) {
+        if let Some(verdict) = &verdict {
+            let result = if verdict.is_allowed() { "allow" } else { "deny" };
+            metrics::counter!(crate::metrics::DRY_RUN, "result" => result).increment(1);
+        }
+        self.dry_run = verdict;
     }
 
     /// Opens the connection's metrics, labelled with what is known now.
@@ -122,6 +137,7 @@ impl Record {
             error = %Or(error, ""),
             error.fault = fault.unwrap_or_default(),
             error.retryable = retryable,
+            authz.dry_run = %Or(self.dry_run.as_ref(), "-"),
             "connection complete"
         );
     }
