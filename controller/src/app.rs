@@ -33,7 +33,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let store = Store::new();
     let drain = Drain::new();
-    let reconciler = Reconciler::new(&settings.root_namespace, store.clone());
+    let reconciler = Reconciler::new(&settings.root_namespace, &settings.cluster_domain, store.clone());
     let rejections = reconciler.rejections();
     let (ca, auth) = if settings.kubernetes {
         start_kubernetes(&settings, reconciler, store.clone(), &drain).await?

@@ -75,6 +75,9 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// The cluster's DNS domain: services are `<name>.<namespace>.svc.<domain>`.
+    #[arg(long, env = "AMBIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Policies in this namespace apply mesh-wide (Istio's root namespace).
     #[arg(long, env = "AMBIT_ROOT_NAMESPACE", default_value = mesh::authz::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,

@@ -32,9 +32,10 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(root_namespace: &str, store: Store) -> Self {
+    pub fn new(root_namespace: &str, cluster_domain: &str, store: Store) -> Self {
         let rejections = tokio::sync::watch::channel(Vec::new()).0;
-        Self { translator: Translator::new(root_namespace), store, rejections }
+        let translator = Translator::new(root_namespace).with_cluster_domain(cluster_domain);
+        Self { translator, store, rejections }
     }
 
     /// Rejected objects and why, kept current (served on `/status`).

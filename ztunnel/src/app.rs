@@ -103,6 +103,7 @@ fn context_settings(settings: &Settings) -> ContextSettings {
     ContextSettings {
         node: settings.node.clone(),
         trust_domain: settings.trust_domain.clone(),
+        cluster_id: settings.cluster_id.clone(),
         own_ports: settings.own_ports(),
         connect_timeout: settings.connect_timeout,
         tcp: settings.tcp_options(),

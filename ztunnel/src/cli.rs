@@ -53,6 +53,12 @@ pub struct Settings {
     #[arg(long, env = "AMBIT_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
 
+    /// The cluster's name in telemetry (`source_cluster`,
+    /// `destination_cluster`) and in the baggage peers exchange; Istio's
+    /// default.
+    #[arg(long, env = "AMBIT_CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
     /// Root certificate of the mesh CA (PEM): peers and the controller must
     /// chain to it.
     #[arg(long, env = "AMBIT_CA_CERT")]

@@ -77,7 +77,10 @@ fn describe() {
 pub struct PeerLabels {
     pub workload: Option<String>,
     pub namespace: Option<String>,
+    /// The full SPIFFE URI (`spiffe://…`), as Istio's ztunnel reports it.
     pub principal: Option<String>,
+    /// The workload's cluster (the agent's `--cluster-id` for known workloads).
+    pub cluster: Option<String>,
     pub app: Option<String>,
     pub version: Option<String>,
     pub canonical_service: Option<String>,
@@ -119,7 +122,7 @@ impl ConnectionLabels {
             Label::new("source_version", v(&s.version)),
             Label::new("source_canonical_service", v(&s.canonical_service)),
             Label::new("source_canonical_revision", v(&s.canonical_revision)),
-            Label::new("source_cluster", "Kubernetes"),
+            Label::new("source_cluster", v(&s.cluster)),
             Label::new("destination_workload", v(&d.workload)),
             Label::new("destination_workload_namespace", v(&d.namespace)),
             Label::new("destination_principal", v(&d.principal)),
@@ -127,7 +130,7 @@ impl ConnectionLabels {
             Label::new("destination_version", v(&d.version)),
             Label::new("destination_canonical_service", v(&d.canonical_service)),
             Label::new("destination_canonical_revision", v(&d.canonical_revision)),
-            Label::new("destination_cluster", "Kubernetes"),
+            Label::new("destination_cluster", v(&d.cluster)),
             Label::new("destination_service", service),
             Label::new("destination_service_name", service_name),
             Label::new("destination_service_namespace", service_namespace),

@@ -21,7 +21,7 @@ pub fn service_parents(route: &HttpRoute) -> Vec<HttpRouteParentRefs> {
     parents.filter(|p| is_service(p.group.as_ref(), p.kind.as_ref())).cloned().collect()
 }
 
-pub fn http_route(object: &HttpRoute) -> Translated<HttpRoutes> {
+pub fn http_route(object: &HttpRoute, domain: &str) -> Translated<HttpRoutes> {
     let (namespace, name) = name_of(&object.metadata)?;
     let parents = service_parents(object);
     if parents.is_empty() {
@@ -34,8 +34,9 @@ pub fn http_route(object: &HttpRoute) -> Translated<HttpRoutes> {
     };
     let port = port.map(|p| u16::try_from(p).map_err(|_| format!("parentRef port {p} is out of range"))).transpose()?;
     let rules = object.spec.rules.iter().flatten().enumerate();
-    let rules = rules.map(|(i, rule)| rule_of(rule, &namespace, port).map_err(|e| format!("rules[{i}]: {e}")));
-    let hosts = parents.iter().map(|p| qualify(&p.name, p.namespace.as_deref().unwrap_or(&namespace))).collect();
+    let rules = rules.map(|(i, rule)| rule_of(rule, &namespace, port, domain).map_err(|e| format!("rules[{i}]: {e}")));
+    let hosts =
+        parents.iter().map(|p| qualify(&p.name, p.namespace.as_deref().unwrap_or(&namespace), domain)).collect();
     Ok(Some(HttpRoutes {
         origin: format!("HTTPRoute {namespace}/{name}"),
         hosts,
@@ -43,7 +44,7 @@ pub fn http_route(object: &HttpRoute) -> Translated<HttpRoutes> {
     }))
 }
 
-fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>) -> Result<RouteRule, String> {
+fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>, domain: &str) -> Result<RouteRule, String> {
     if let Some(filter) = rule.filters.iter().flatten().next() {
         return Err(format!("filter {:?} is not supported by ambit", filter.r#type));
     }
@@ -54,7 +55,7 @@ fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>) -> Result<
         Some(matches) => matches.iter().map(|m| match_of(m, port)).collect(),
     };
     let destinations =
-        rule.backend_refs.iter().flatten().map(|b| backend_of(b, namespace)).collect::<Result<Vec<_>, _>>()?;
+        rule.backend_refs.iter().flatten().map(|b| backend_of(b, namespace, domain)).collect::<Result<Vec<_>, _>>()?;
     let timeouts = rule.timeouts.clone().unwrap_or_default();
     let per_try_timeout = duration("timeouts.backendRequest", timeouts.backend_request.as_ref())?;
     let rule = RouteRule {
@@ -101,7 +102,7 @@ fn match_of(m: &HttpRouteRulesMatches, port: Option<u16>) -> RequestMatch {
     RequestMatch { path: Some(path), method, headers, query_params, port }
 }
 
-fn backend_of(b: &HttpRouteRulesBackendRefs, namespace: &str) -> Result<WeightedDestination, String> {
+fn backend_of(b: &HttpRouteRulesBackendRefs, namespace: &str, domain: &str) -> Result<WeightedDestination, String> {
     let service_kind = Some("Service".to_owned());
     if !is_service(b.group.as_ref(), b.kind.as_ref().or(service_kind.as_ref())) {
         return Err(format!("backendRef {}: only Service backends are supported", b.name));
@@ -122,5 +123,5 @@ fn backend_of(b: &HttpRouteRulesBackendRefs, namespace: &str) -> Result<Weighted
         .ok_or_else(|| format!("backendRef port {port} is out of range"))?;
     let weight = b.weight.unwrap_or(1);
     let weight = u32::try_from(weight).map_err(|_| format!("backendRef {}: weight {weight} is negative", b.name))?;
-    Ok(WeightedDestination { host: qualify(&b.name, namespace), subset: None, port: Some(port), weight })
+    Ok(WeightedDestination { host: qualify(&b.name, namespace, domain), subset: None, port: Some(port), weight })
 }

@@ -72,7 +72,7 @@ fn owner_workload(meta: &ObjectMeta) -> Option<String> {
 }
 
 /// A ClusterIP service; headless and ExternalName services route nothing.
-pub fn service(object: &K8sService) -> Translated<Service> {
+pub fn service(object: &K8sService, domain: &str) -> Translated<Service> {
     let (namespace, name) = name_of(&object.metadata)?;
     let spec = object.spec.clone().unwrap_or_default();
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -109,7 +109,10 @@ pub fn service(object: &K8sService) -> Translated<Service> {
     }
     let selector = spec.selector.filter(|s| !s.is_empty()).map(|s| s.into_iter().collect());
     let labels = labels_of(&object.metadata);
-    Ok(Some(Service { name, namespace, hostname: None, vips, ports, selector, endpoints: Vec::new(), labels }))
+    // The default domain is what agents assume; only another is spelt out.
+    let hostname =
+        (domain != super::routing::DEFAULT_CLUSTER_DOMAIN).then(|| format!("{name}.{namespace}.svc.{domain}"));
+    Ok(Some(Service { name, namespace, hostname, vips, ports, selector, endpoints: Vec::new(), labels }))
 }
 
 /// Checked by compiling it alone, so a bad policy is pinned on itself.

@@ -37,6 +37,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Translator {
     root_namespace: String,
+    /// The cluster's DNS domain, for service host names.
+    cluster_domain: String,
     namespaces: BTreeMap<ObjectKey, Namespace>,
     workloads: BTreeMap<ObjectKey, Workload>,
     services: BTreeMap<ObjectKey, Service>,
@@ -58,7 +60,18 @@ pub struct Translator {
 
 impl Translator {
     pub fn new(root_namespace: &str) -> Self {
-        Self { root_namespace: root_namespace.to_owned(), ..Self::default() }
+        Self {
+            root_namespace: root_namespace.to_owned(),
+            cluster_domain: routing::DEFAULT_CLUSTER_DOMAIN.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Service host names in `domain` (`<service>.<namespace>.svc.<domain>`)
+    /// instead of `cluster.local`.
+    pub fn with_cluster_domain(mut self, domain: &str) -> Self {
+        domain.clone_into(&mut self.cluster_domain);
+        self
     }
 
     /// Takes in a new or changed object.
@@ -67,17 +80,23 @@ impl Translator {
         let translated = match object {
             Object::Namespace(o) => store(&mut self.namespaces, &key, kinds::namespace(o)),
             Object::Pod(o) => store(&mut self.workloads, &key, kinds::pod(o)),
-            Object::Service(o) => store(&mut self.services, &key, kinds::service(o)),
+            Object::Service(o) => store(&mut self.services, &key, kinds::service(o, &self.cluster_domain)),
             Object::AuthorizationPolicy(o) => {
                 store(&mut self.authorization_policies, &key, kinds::authorization_policy(o, &self.root_namespace))
             }
             Object::PeerAuthentication(o) => {
                 store(&mut self.peer_authentications, &key, kinds::peer_authentication(o, &self.root_namespace))
             }
-            Object::VirtualService(o) => store(&mut self.route_candidates, &key, routing::virtual_service(o)),
-            Object::HttpRoute(o) => store(&mut self.route_candidates, &key, http_route::http_route(o)),
-            Object::DestinationRule(o) => store(&mut self.destination_policies, &key, routing::destination_rule(o)),
-            Object::Gateway(o) => store(&mut self.waypoints, &key, routing::gateway(o)),
+            Object::VirtualService(o) => {
+                store(&mut self.route_candidates, &key, routing::virtual_service(o, &self.cluster_domain))
+            }
+            Object::HttpRoute(o) => {
+                store(&mut self.route_candidates, &key, http_route::http_route(o, &self.cluster_domain))
+            }
+            Object::DestinationRule(o) => {
+                store(&mut self.destination_policies, &key, routing::destination_rule(o, &self.cluster_domain))
+            }
+            Object::Gateway(o) => store(&mut self.waypoints, &key, routing::gateway(o, &self.cluster_domain)),
         };
         let is_route = matches!(key.kind, Kind::VirtualService | Kind::HttpRoute);
         if is_route {

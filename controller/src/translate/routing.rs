@@ -15,21 +15,18 @@ use crate::crds::networking as istio;
 
 pub(super) type Translated<T> = Result<Option<T>, String>;
 
-/// The domain short host names are completed with.
-const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+/// Kubernetes' default cluster domain.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub(super) fn name_of(meta: &ObjectMeta) -> Result<(String, String), String> {
     let name = meta.name.clone().filter(|n| !n.is_empty()).ok_or("metadata.name is missing")?;
     Ok((meta.namespace.clone().unwrap_or_default(), name))
 }
 
-/// Istio's host resolution: a name without dots is a service in `namespace`.
-pub(super) fn qualify(host: &str, namespace: &str) -> String {
-    if host.contains('.') || host.contains('*') {
-        host.to_owned()
-    } else {
-        format!("{host}.{namespace}.{CLUSTER_DOMAIN}")
-    }
+/// Istio's host resolution: a name without dots is a service in
+/// `namespace`, in the cluster's `domain`.
+pub(super) fn qualify(host: &str, namespace: &str, domain: &str) -> String {
+    if host.contains('.') || host.contains('*') { host.to_owned() } else { format!("{host}.{namespace}.svc.{domain}") }
 }
 
 pub(super) fn duration(field: &str, text: Option<&String>) -> Result<Option<std::time::Duration>, String> {
@@ -43,7 +40,7 @@ fn refuse_unsupported(at: &str, fields: &[&str]) -> Result<(), String> {
     }
 }
 
-pub fn virtual_service(object: &istio::VirtualService) -> Translated<HttpRoutes> {
+pub fn virtual_service(object: &istio::VirtualService, domain: &str) -> Translated<HttpRoutes> {
     let (namespace, name) = name_of(&object.metadata)?;
     let spec = &object.spec;
     if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
@@ -58,13 +55,13 @@ pub fn virtual_service(object: &istio::VirtualService) -> Translated<HttpRoutes>
         .http
         .iter()
         .enumerate()
-        .map(|(index, route)| istio_rule(route, &namespace).map_err(|e| format!("http[{index}]: {e}")))
+        .map(|(index, route)| istio_rule(route, &namespace, domain).map_err(|e| format!("http[{index}]: {e}")))
         .collect::<Result<_, _>>()?;
-    let hosts = spec.hosts.iter().map(|h| qualify(h, &namespace)).collect();
+    let hosts = spec.hosts.iter().map(|h| qualify(h, &namespace, domain)).collect();
     Ok(Some(HttpRoutes { origin: format!("VirtualService {namespace}/{name}"), hosts, rules }))
 }
 
-fn istio_rule(route: &istio::HttpRoute, namespace: &str) -> Result<RouteRule, String> {
+fn istio_rule(route: &istio::HttpRoute, namespace: &str, domain: &str) -> Result<RouteRule, String> {
     refuse_unsupported("field", &route.unsupported.set())?;
     let matches = route.matches.iter().map(istio_match).collect::<Result<_, _>>()?;
     let lone = route.route.len() == 1;
@@ -77,7 +74,7 @@ fn istio_rule(route: &istio::HttpRoute, namespace: &str) -> Result<RouteRule, St
             Some(w) => u32::try_from(w).map_err(|_| format!("route[{index}]: weight {w} is negative"))?,
         };
         let port = d.destination.port.as_ref().map(|p| port_number(p.number)).transpose()?;
-        let host = qualify(&d.destination.host, namespace);
+        let host = qualify(&d.destination.host, namespace, domain);
         destinations.push(WeightedDestination { host, subset: d.destination.subset.clone(), port, weight });
     }
     let retries = route.retries.as_ref().map(istio_retries).transpose()?;
@@ -165,7 +162,7 @@ fn istio_fault(f: &istio::HttpFaultInjection) -> Result<FaultInjection, String> 
     Ok(FaultInjection { delay, abort })
 }
 
-pub fn destination_rule(object: &istio::DestinationRule) -> Translated<DestinationPolicy> {
+pub fn destination_rule(object: &istio::DestinationRule, domain: &str) -> Translated<DestinationPolicy> {
     let (namespace, name) = name_of(&object.metadata)?;
     let spec = &object.spec;
     refuse_unsupported("spec", &istio::set_fields(&[("workloadSelector", &spec.workload_selector)]))?;
@@ -184,7 +181,7 @@ pub fn destination_rule(object: &istio::DestinationRule) -> Translated<Destinati
     let traffic_policy = traffic_policy(spec.traffic_policy.as_ref()).map_err(|e| format!("trafficPolicy.{e}"))?;
     Ok(Some(DestinationPolicy {
         origin: format!("DestinationRule {namespace}/{name}"),
-        host: qualify(&spec.host, &namespace),
+        host: qualify(&spec.host, &namespace, domain),
         subsets,
         traffic_policy,
     }))
@@ -250,7 +247,7 @@ const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
 
 /// A Gateway of class `istio-waypoint` with an HBONE listener on 15008;
 /// Gateways of other classes are not the mesh's.
-pub fn gateway(object: &gateway_api::apis::standard::gateways::Gateway) -> Translated<Waypoint> {
+pub fn gateway(object: &gateway_api::apis::standard::gateways::Gateway, domain: &str) -> Translated<Waypoint> {
     let (namespace, name) = name_of(&object.metadata)?;
     if object.spec.gateway_class_name != WAYPOINT_GATEWAY_CLASS {
         return Ok(None);
@@ -263,6 +260,6 @@ pub fn gateway(object: &gateway_api::apis::standard::gateways::Gateway) -> Trans
     if !["service", "workload", "all", "none"].contains(&traffic_type.as_str()) {
         return Err(format!("label {WAYPOINT_FOR_LABEL}={traffic_type:?} is not service, workload, all or none"));
     }
-    let hostname = qualify(&name, &namespace);
+    let hostname = qualify(&name, &namespace, domain);
     Ok(Some(Waypoint { name, namespace, hostname, traffic_type }))
 }

@@ -243,3 +243,20 @@ fn the_current_fields_win_over_deprecated_ones() {
     let outlier = config.destination_policies[0].traffic_policy.outlier_detection.clone().unwrap_or_default();
     assert_eq!((outlier.consecutive_gateway_errors, outlier.consecutive_5xx_errors), (Some(7), Some(3)));
 }
+
+/// The cluster's DNS domain is a setting: short names complete to it.
+#[test]
+fn short_names_complete_to_the_clusters_domain() {
+    let mut translator = Translator::new("istio-system").with_cluster_domain("corp.example");
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec:\n  \
+                   clusterIP: 10.96.0.9\n  ports: [{port: 80}]\n---\n";
+    assert!(
+        apply(&mut translator, &format!("{service}{VIRTUAL_SERVICE}---\n{DESTINATION_RULE}"))
+            .iter()
+            .all(|o| *o == Outcome::Accepted)
+    );
+    let config = translator.config();
+    assert_eq!(config.services[0].hostname(), "reviews.shop.svc.corp.example");
+    assert_eq!(config.http_routes[0].hosts, ["reviews.shop.svc.corp.example"]);
+    assert_eq!(config.destination_policies[0].host, "reviews.shop.svc.corp.example");
+}

@@ -24,9 +24,9 @@ pub struct PeerInfo {
 impl PeerInfo {
     /// A mesh workload as its peers see it: the source announces itself this
     /// way on a CONNECT, the destination in its answer.
-    pub fn of_workload(w: &crate::config::Workload) -> Self {
+    pub fn of_workload(w: &crate::config::Workload, cluster: &str) -> Self {
         Self {
-            cluster: Some("Kubernetes".to_owned()),
+            cluster: Some(cluster.to_owned()),
             namespace: Some(w.namespace.clone()),
             workload: Some(w.workload_name().to_owned()),
             service: Some(w.canonical_service().to_owned()),
@@ -162,13 +162,13 @@ mod tests {
             labels: [("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), "v2".to_owned())].into(),
             ..Default::default()
         };
-        let baggage = PeerInfo::of_workload(&workload).to_baggage();
+        let baggage = PeerInfo::of_workload(&workload, "Kubernetes").to_baggage();
         assert_eq!(
             baggage,
             "k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.deployment.name=reviews-v2,\
              service.name=reviews,service.version=v2"
         );
-        assert_eq!(PeerInfo::from_baggage(&baggage), PeerInfo::of_workload(&workload));
+        assert_eq!(PeerInfo::from_baggage(&baggage), PeerInfo::of_workload(&workload, "Kubernetes"));
     }
 
     #[test]

@@ -118,9 +118,9 @@ async fn destination_sees_the_source_principal() {
     let scraped = metrics(&bed.cluster, 1).await;
     let labels = [
         ("reporter", "destination"),
-        ("source_principal", "cluster.local/ns/mesh/sa/sa-n1-b"),
+        ("source_principal", "spiffe://cluster.local/ns/mesh/sa/sa-n1-b"),
         ("source_workload", "n1-b"),
-        ("destination_principal", "cluster.local/ns/mesh/sa/sa-n2-b"),
+        ("destination_principal", "spiffe://cluster.local/ns/mesh/sa/sa-n2-b"),
         ("connection_security_policy", "mutual_tls"),
     ];
     assert_eq!(scraped.sum("istio_tcp_connections_opened_total", &labels).unwrap(), 1.0);

@@ -41,9 +41,19 @@ async fn metrics_match_what_was_sent() {
             ("reporter", reporter),
             ("source_workload", "n1-a"),
             ("destination_workload", "n2-b"),
-            ("source_principal", "cluster.local/ns/mesh/sa/sa-n1-a"),
+            ("source_principal", "spiffe://cluster.local/ns/mesh/sa/sa-n1-a"),
+            ("destination_principal", "spiffe://cluster.local/ns/mesh/sa/sa-n2-b"),
+            // As Istio's ztunnel labels them: app and version are the
+            // canonical service and revision; the cluster is its id.
+            ("source_app", "echo"),
+            ("source_version", "latest"),
+            ("source_canonical_service", "echo"),
+            ("destination_canonical_revision", "latest"),
+            ("source_cluster", "Kubernetes"),
+            ("destination_cluster", "Kubernetes"),
             ("connection_security_policy", "mutual_tls"),
             ("request_protocol", "tcp"),
+            ("response_flags", "-"),
         ];
         let count = |name| scraped.sum(name, &labels).unwrap();
         assert_eq!(count("istio_tcp_connections_opened_total"), CONNECTIONS as f64, "{reporter}");
@@ -59,6 +69,40 @@ async fn metrics_match_what_was_sent() {
             "{reporter} sent {sent}"
         );
         assert_eq!(scraped.sum("ambit_open_connections", &[]).unwrap(), 0.0);
+    }
+}
+
+/// Failed connections carry Istio ztunnel's `response_flags` on the
+/// metrics: `CONNECT` when the destination could not be reached, `DENY`
+/// when policy refused it (the access line keeps Envoy's finer flag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_use_ztunnels_response_flags() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    let closed_port = std::net::SocketAddr::new(bed.cluster.pod("n2-a").ip.into(), 9);
+    assert!(exchange(&client.netns, &client.name, closed_port, 16, 16).await.is_err());
+    let deny = "- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: none, namespace: mesh}\n  \
+                spec: {selector: {matchLabels: {name: n2-b}}, action: DENY, rules: [{}]}\n";
+    let policies: Vec<mesh::config::policy::AuthorizationPolicy> = yaml_serde::from_str(deny).unwrap();
+    bed.apply(|c| c.authorization_policies = policies).await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    assert!(exchange(&client.netns, &client.name, bed.cluster.pod("n2-b").addr(APP_PORT), 16, 16).await.is_err());
+    for (node, reporter) in [(0, "source"), (1, "destination")] {
+        let ztunnel = bed.cluster.ztunnel(node);
+        ztunnel
+            .wait_for_log("both failures logged", WAIT, |_| {
+                ztunnel.access_logs().iter().filter(|r| r["error"] != "").count() >= 2
+            })
+            .await
+            .unwrap();
+        let scraped = metrics(&bed.cluster, node).await;
+        let closed = |workload, flag| {
+            let labels = [("reporter", reporter), ("destination_workload", workload), ("response_flags", flag)];
+            scraped.sum("istio_tcp_connections_closed_total", &labels).unwrap()
+        };
+        assert_eq!(closed("n2-a", "CONNECT"), 1.0, "{reporter}: an unreachable destination");
+        assert_eq!(closed("n2-b", "DENY"), 1.0, "{reporter}: a policy denial");
     }
 }
 

@@ -120,6 +120,18 @@ impl ProxyError {
         }
     }
 
+    /// The `response_flags` label of the `istio_tcp_*` metrics, in Istio
+    /// ztunnel's vocabulary (what its dashboards and Kiali expect): `DENY`
+    /// for policy, `CONNECT` for an upstream that could not be reached,
+    /// `-` otherwise. The access line keeps the finer flag.
+    pub fn metric_flag(&self) -> &'static str {
+        match self.response_flag() {
+            "DENY" | "REVOKED" => "DENY",
+            "UF" | "UH" if self.fault() == Fault::Upstream => "CONNECT",
+            _ => "-",
+        }
+    }
+
     /// An HBONE failure, sorted: a 401 from the peer is a policy denial.
     pub fn from_hbone(addr: SocketAddr, cause: HboneError) -> Self {
         if cause.is_denied() { Self::DeniedByPeer } else { Self::Hbone { addr, cause } }
@@ -145,5 +157,11 @@ mod tests {
         let unavailable = ProxyError::from_hbone(addr, HboneError::Status(http::StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!((unavailable.fault(), unavailable.retryable()), (Fault::Upstream, true));
         assert_eq!(ProxyError::Revoked.response_flag(), "REVOKED");
+        // Metrics speak Istio ztunnel's vocabulary.
+        assert_eq!(refused.metric_flag(), "CONNECT");
+        assert_eq!(empty.metric_flag(), "CONNECT");
+        assert_eq!((denied.metric_flag(), ProxyError::Revoked.metric_flag()), ("DENY", "DENY"));
+        assert_eq!(ProxyError::SelfTarget(addr).metric_flag(), "-");
+        assert_eq!(ProxyError::Copy(io::ErrorKind::ConnectionReset.into()).metric_flag(), "-");
     }
 }

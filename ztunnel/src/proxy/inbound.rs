@@ -152,7 +152,7 @@ pub(super) async fn handle_stream(
         }
     };
     record.upstream = Some(request.authority);
-    let Ok(tunnel) = responder.accept(baggage_headers(destination)) else {
+    let Ok(tunnel) = responder.accept(baggage_headers(destination, &ctx.cluster_id)) else {
         return record.finish(Err(ProxyError::Copy(std::io::ErrorKind::ConnectionReset.into())));
     };
     let tracked = Tracked {
@@ -186,7 +186,7 @@ fn admit<'s>(
     let Some(destination) = local_enrolled(snapshot, &ctx.node, authority.ip()) else {
         return Err((StatusCode::SERVICE_UNAVAILABLE, ProxyError::UnknownDestination(authority.ip())));
     };
-    record.open_at_destination(snapshot, destination, &ctx.trust_domain, "mutual_tls");
+    record.open_at_destination(snapshot, destination, (&ctx.trust_domain, &ctx.cluster_id), "mutual_tls");
     let info = ConnectionInfo {
         src_identity: record.src_identity.as_ref(),
         src_ip: record.src.ip(),
@@ -202,8 +202,8 @@ fn admit<'s>(
 }
 
 /// The success response's `baggage`: who the destination is.
-fn baggage_headers(w: &Workload) -> HeaderMap {
-    let peer = PeerInfo::of_workload(w);
+fn baggage_headers(w: &Workload, cluster: &str) -> HeaderMap {
+    let peer = PeerInfo::of_workload(w, cluster);
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&peer.to_baggage()) {
         headers.insert(BAGGAGE, value);

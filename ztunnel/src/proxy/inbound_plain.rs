@@ -68,7 +68,7 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
     let current = ctx.state.current();
     let snapshot = &current.snapshot;
     let destination = local_enrolled(snapshot, &ctx.node, dst.ip()).ok_or(ProxyError::UnknownDestination(dst.ip()))?;
-    record.open_at_destination(snapshot, destination, &ctx.trust_domain, "unknown");
+    record.open_at_destination(snapshot, destination, (&ctx.trust_domain, &ctx.cluster_id), "unknown");
     let authorizer = snapshot.authorizer();
     if !authorizer.plaintext_allowed(destination, dst.port()) {
         return Err(ProxyError::PlaintextRefused(dst.port()));

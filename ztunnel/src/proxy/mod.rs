@@ -46,6 +46,8 @@ use crate::state::State;
 pub struct ProxyContext {
     pub node: String,
     pub trust_domain: String,
+    /// The cluster's name in telemetry (`source_cluster`, baggage).
+    pub cluster_id: String,
     pub state: State,
     pub certs: CertManager,
     pub pool: Pool,
@@ -72,6 +74,7 @@ pub struct ProxyContext {
 pub struct ContextSettings {
     pub node: String,
     pub trust_domain: String,
+    pub cluster_id: String,
     pub own_ports: Vec<u16>,
     pub connect_timeout: Duration,
     pub tcp: TcpOptions,
@@ -85,6 +88,7 @@ impl ProxyContext {
         Arc::new(Self {
             node: settings.node,
             trust_domain: settings.trust_domain,
+            cluster_id: settings.cluster_id,
             state,
             certs,
             pool,

@@ -124,14 +124,14 @@ fn resolve(
             next_hop: hbone_dial::next_hop(upstream_addr.ip()),
         };
         record.dst_identity = Some(key.dst.clone());
-        record.open_metrics(labels(source, enrolled, record, service, "mutual_tls"));
+        record.open_metrics(labels(ctx, source, enrolled, record, service, "mutual_tls"));
         return Ok(Upstream::Hbone(Box::new(HboneRoute {
             key,
             authority: upstream_addr,
-            peer: PeerInfo::of_workload(src),
+            peer: PeerInfo::of_workload(src, &ctx.cluster_id),
         })));
     }
-    record.open_metrics(labels(source, destination, record, service, "unknown"));
+    record.open_metrics(labels(ctx, source, destination, record, service, "unknown"));
     // Connect as the client pod only towards pods: their replies come back
     // through a capture program (the pod's veth here, or this node's
     // underlay), which hands them to our socket. Replies from outside the
@@ -164,6 +164,7 @@ fn resolve_vip(
 }
 
 fn labels(
+    ctx: &ProxyContext,
     source: Option<&Workload>,
     destination: Option<&Workload>,
     record: &Record,
@@ -172,8 +173,8 @@ fn labels(
 ) -> ConnectionLabels {
     ConnectionLabels {
         reporter: "source",
-        source: peer_labels(source, record.src_identity.as_ref()),
-        destination: peer_labels(destination, record.dst_identity.as_ref()),
+        source: peer_labels(source, record.src_identity.as_ref(), &ctx.cluster_id),
+        destination: peer_labels(destination, record.dst_identity.as_ref(), &ctx.cluster_id),
         service,
         security_policy,
     }

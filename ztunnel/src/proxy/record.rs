@@ -80,7 +80,7 @@ impl Record {
         &mut self,
         snapshot: &Snapshot,
         destination: &Workload,
-        trust_domain: &str,
+        (trust_domain, cluster): (&str, &str),
         security_policy: &'static str,
     ) {
         let source = snapshot.workload_by_ip(self.src.ip());
@@ -91,8 +91,8 @@ impl Record {
         self.dst_service = service.as_ref().map(|s| s.0.clone());
         self.open_metrics(ConnectionLabels {
             reporter: "destination",
-            source: peer_labels(source, self.src_identity.as_ref()),
-            destination: peer_labels(Some(destination), self.dst_identity.as_ref()),
+            source: peer_labels(source, self.src_identity.as_ref(), cluster),
+            destination: peer_labels(Some(destination), self.dst_identity.as_ref(), cluster),
             service,
             security_policy,
         });
@@ -112,7 +112,7 @@ impl Record {
         let (sent, received) = self.totals.get();
         let flags = result.as_ref().err().map_or("-", ProxyError::response_flag);
         if let Some(metrics) = self.metrics.take() {
-            metrics.close(flags);
+            metrics.close(result.as_ref().err().map_or("-", ProxyError::metric_flag));
         }
         let (error, fault, retryable) = match &result {
             Err(e) => (Some(e), Some(e.fault().label()), e.retryable()),
@@ -155,11 +155,13 @@ impl<T: std::fmt::Display> std::fmt::Display for Or<'_, T> {
     }
 }
 
-/// Telemetry's view of a workload.
-pub(super) fn peer_labels(workload: Option<&Workload>, identity: Option<&Identity>) -> PeerLabels {
+/// Telemetry's view of a workload, as Istio's ztunnel labels it: the
+/// principal as the full SPIFFE URI, and `app`/`version` as the canonical
+/// service and revision (which Istio derives from the same labels).
+pub(super) fn peer_labels(workload: Option<&Workload>, identity: Option<&Identity>, cluster: &str) -> PeerLabels {
     let Some(w) = workload else {
         return PeerLabels {
-            principal: identity.map(Identity::principal),
+            principal: identity.map(Identity::to_string),
             namespace: identity.map(|i| i.namespace.clone()),
             ..Default::default()
         };
@@ -167,9 +169,10 @@ pub(super) fn peer_labels(workload: Option<&Workload>, identity: Option<&Identit
     PeerLabels {
         workload: Some(w.workload_name().to_owned()),
         namespace: Some(w.namespace.clone()),
-        principal: identity.map(Identity::principal),
-        app: w.labels.get("app").cloned(),
-        version: w.labels.get("version").cloned(),
+        principal: identity.map(Identity::to_string),
+        cluster: Some(cluster.to_owned()),
+        app: Some(w.canonical_service().to_owned()),
+        version: Some(w.canonical_revision().to_owned()),
         canonical_service: Some(w.canonical_service().to_owned()),
         canonical_revision: Some(w.canonical_revision().to_owned()),
     }
