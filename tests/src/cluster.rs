@@ -386,6 +386,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Takes node `node`'s agent out of the cluster, to drive its shutdown
+    /// by hand (it is still killed when dropped).
+    pub fn take_ztunnel(&mut self, node: usize) -> anyhow::Result<Ztunnel> {
+        self.ztunnels[node].take().context("ztunnel not running")
+    }
+
     /// Stops node `node`'s agent with SIGTERM and waits for it to exit.
     pub async fn stop_ztunnel(&mut self, node: usize) -> anyhow::Result<std::process::ExitStatus> {
         let ztunnel = self.ztunnels[node].take().context("ztunnel not running")?;

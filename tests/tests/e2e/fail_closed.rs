@@ -37,21 +37,31 @@ async fn capture_fails_closed_and_recovers() {
     access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &dst.to_string()).await;
 }
 
-/// On SIGTERM the agent stops accepting but lets established connections
-/// finish within the grace period, then exits cleanly.
+/// On SIGTERM the agent stops accepting (a new connection of an enrolled
+/// pod goes nowhere, and never around the mesh) but lets established
+/// connections finish within the grace period, then exits with status 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_established_connections() {
     require_root();
-    let bed = Standard::start().await.unwrap();
+    // Grace enough for the checks below (the test bed's default is 2 s).
+    let mut bed = Standard::start_with_args(&["--drain-grace", "20s"]).await.unwrap();
     let client = bed.cluster.pod("n1-a");
     let dst = bed.cluster.pod("n2-b").addr(APP_PORT);
     let (_, mut conn) = echo_connect(&client.netns, &client.name, dst).await.unwrap();
     echo_roundtrip(&mut conn, b"before").await.unwrap();
 
-    bed.cluster.ztunnel(0).terminate().unwrap();
-    bed.cluster.ztunnel(0).wait_for_log("draining", WAIT, |r| r["message"] == "draining").await.unwrap();
+    let mut ztunnel = bed.cluster.take_ztunnel(0).unwrap();
+    ztunnel.terminate().unwrap();
+    ztunnel.wait_for_log("draining", WAIT, |r| r["message"] == "draining").await.unwrap();
     echo_roundtrip(&mut conn, b"during drain").await.unwrap();
+    let client = bed.cluster.pod("n1-a");
+    let seen_before = bed.server("n2-b").accepted();
+    let attempt = tokio::time::timeout(Duration::from_secs(3), client.netns.connect(dst)).await;
+    assert!(!matches!(attempt, Ok(Ok(_))), "a new connection was taken while draining: {attempt:?}");
+    assert_eq!(bed.server("n2-b").accepted(), seen_before, "a new connection got past the draining agent");
+    echo_roundtrip(&mut conn, b"still during drain").await.unwrap();
     drop(conn);
-    let ztunnel = bed.cluster.ztunnel(0);
     ztunnel.wait_for_log("drained", WAIT, |r| r["message"] == "drained").await.unwrap();
+    let status = ztunnel.wait_exit(WAIT).await.unwrap();
+    assert!(status.success(), "ztunnel exited with {status} after draining");
 }
