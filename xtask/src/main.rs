@@ -52,6 +52,8 @@ enum Task {
 enum Suite {
     /// ztunnel's L4 tunnel against direct pod-to-pod.
     L4,
+    /// ztunnel's resident memory: idle, with many tunnels, under bulk load.
+    Memory,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,11 +63,14 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Codegen { check } => codegen::run(check),
         Task::KubeApiserver => kube::ensure_apiserver().map(|path| eprintln!("kube-apiserver: {}", path.display())),
-        Task::Bench { suite: Suite::L4, bench_args } => bench_l4(&bench_args),
+        Task::Bench { suite: Suite::L4, bench_args } => bench(&bench_args),
+        Task::Bench { suite: Suite::Memory, bench_args } => {
+            bench(&[&["--memory".to_owned()][..], &bench_args].concat())
+        }
     }
 }
 
-fn bench_l4(bench_args: &[String]) -> anyhow::Result<()> {
+fn bench(bench_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     setup::oha()?;
     sweep::stale_test_leftovers()?;

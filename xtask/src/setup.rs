@@ -16,7 +16,7 @@ use crate::cmd;
 
 const DEBIAN_PACKAGES: &[&str] = &["nftables", "bpftool", "iperf3", "tcpdump", "iproute2", "util-linux", "make"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const OHA_VERSION: &str = "1";
+const OHA_VERSION: &str = "^1";
 
 pub fn run() -> anyhow::Result<()> {
     if !is_root()? {

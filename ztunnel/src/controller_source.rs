@@ -101,14 +101,14 @@ impl ControllerSource {
             None => return Err(self.broken(FollowError::Ended)),
         };
         let config = match self.stream.apply(update) {
-            Ok(config) => config.clone(),
+            Ok(config) => config,
             Err(error) => {
                 self.stream.restart();
                 return Err(self.broken(error.into()));
             }
         };
         self.failures = 0;
-        match Snapshot::new(config) {
+        match Snapshot::from_shared(config) {
             Ok(snapshot) => Ok(Some(snapshot)),
             Err(error) => {
                 metrics::counter!(CONFIG_UPDATES, "result" => "rejected").increment(1);

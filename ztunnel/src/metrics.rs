@@ -28,6 +28,7 @@ pub const DRY_RUN: &str = "ambit_authz_dry_run_total";
 /// Packets the capture programs dropped, by reason (read from their map).
 pub const CAPTURE_DROPS: &str = "ambit_capture_dropped_packets_total";
 /// Local pods in the config whose interface or route is not on the node.
+pub const CONFIG_VERSIONS_HELD: &str = "ambit_config_versions_held";
 pub const PODS_WITHOUT_ROUTE: &str = "ambit_capture_pods_without_route";
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,10 @@ fn describe() {
     metrics::describe_counter!(CAPTURE_DROPS, "Packets the capture programs dropped, by reason.");
     metrics::describe_counter!(DRY_RUN, "Connections dry-run policies would have allowed or denied (never enforced).");
     metrics::describe_gauge!(PODS_WITHOUT_ROUTE, "Local pods in the config with no interface or route on the node.");
+    metrics::describe_gauge!(
+        CONFIG_VERSIONS_HELD,
+        "Config versions in memory: 1 unless something still holds an old one."
+    );
     metrics::describe_counter!(
         crate::proxy::FORGED_SOURCE,
         "Inbound streams refused: the claimed client address does not fit the peer's identity."
@@ -68,6 +73,7 @@ fn describe() {
         gauge!(OPEN_CONNECTIONS, "direction" => direction).set(0.0);
     }
     gauge!(PODS_WITHOUT_ROUTE).set(0.0);
+    gauge!(CONFIG_VERSIONS_HELD).set(crate::state::held_versions() as f64);
     gauge!("istio_build", "component" => "ztunnel", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 

@@ -2,6 +2,7 @@
 //! versioned. Readers take a cheap `Arc`; the config source replaces it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh::config::Snapshot;
 use tokio::sync::watch;
@@ -12,6 +13,48 @@ pub struct Versioned {
     /// Increases by one with every applied config; 0 before the first.
     pub version: u64,
     pub snapshot: Snapshot,
+    /// Counts this version in [`held_versions`] while it lives.
+    _held: Held,
+}
+
+impl Versioned {
+    fn new(version: u64, snapshot: Snapshot) -> Self {
+        Self { version, snapshot, _held: Held::new() }
+    }
+}
+
+/// Config versions alive in memory (the current one, and older ones that
+/// someone still holds). A live connection must not pin its version, so
+/// this stays at 1 however long connections last; the gauge lets tests and
+/// operators check that.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+pub fn held_versions() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+#[derive(Debug)]
+struct Held(());
+
+impl Held {
+    fn new() -> Self {
+        let held = HELD.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(crate::metrics::CONFIG_VERSIONS_HELD).set(held as f64);
+        Self(())
+    }
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let held = HELD.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!(crate::metrics::CONFIG_VERSIONS_HELD).set(held as f64);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -21,7 +64,7 @@ pub struct State {
 
 impl State {
     pub fn new(initial: Snapshot) -> Self {
-        let (current, _) = watch::channel(Arc::new(Versioned { version: 1, snapshot: initial }));
+        let (current, _) = watch::channel(Arc::new(Versioned::new(1, initial)));
         Self { current }
     }
 
@@ -34,7 +77,7 @@ impl State {
         let mut version = 0;
         self.current.send_modify(|current| {
             version = current.version + 1;
-            *current = Arc::new(Versioned { version, snapshot });
+            *current = Arc::new(Versioned::new(version, snapshot));
         });
         version
     }

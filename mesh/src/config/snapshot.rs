@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use rand::Rng as _;
 
@@ -13,7 +14,7 @@ use crate::authz::{Authorizer, DEFAULT_ROOT_NAMESPACE};
 /// An immutable, validated config with its indexes.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    config: MeshConfig,
+    config: Arc<MeshConfig>,
     workload_by_ip: HashMap<IpAddr, usize>,
     namespace_by_name: HashMap<String, usize>,
     service_by_vip: HashMap<IpAddr, usize>,
@@ -32,6 +33,12 @@ pub struct ServiceTarget<'a> {
 
 impl Snapshot {
     pub fn new(config: MeshConfig) -> Result<Self, ConfigError> {
+        Self::from_shared(Arc::new(config))
+    }
+
+    /// A snapshot over a config someone else holds too (the control
+    /// stream keeps the one its next delta applies to), without a copy.
+    pub fn from_shared(config: Arc<MeshConfig>) -> Result<Self, ConfigError> {
         validate(&config)?;
         let root_namespace = config.root_namespace.as_deref().unwrap_or(DEFAULT_ROOT_NAMESPACE);
         let authorizer = Authorizer::new(&config.authorization_policies, &config.peer_authentications, root_namespace)?;

@@ -1,6 +1,8 @@
 //! The agent's side of the config stream, free of IO: it applies updates in
 //! order and says where to resume from after a reconnect.
 
+use std::sync::Arc;
+
 use super::{Update, UpdateBody};
 use crate::config::MeshConfig;
 
@@ -36,7 +38,8 @@ pub struct OutOfOrder {
 /// The config an agent holds, and which controller version it is.
 #[derive(Debug, Default)]
 pub struct ConfigStream {
-    held: Option<(ResumeFrom, MeshConfig)>,
+    /// Shared with the snapshot built from it, so the agent holds one copy.
+    held: Option<(ResumeFrom, Arc<MeshConfig>)>,
 }
 
 impl ConfigStream {
@@ -51,7 +54,7 @@ impl ConfigStream {
     }
 
     /// Applies `update` and returns the resulting config.
-    pub fn apply(&mut self, update: Update) -> Result<&MeshConfig, OutOfOrder> {
+    pub fn apply(&mut self, update: Update) -> Result<Arc<MeshConfig>, OutOfOrder> {
         let config = match update.body {
             UpdateBody::Full(mut config) => {
                 config.canonicalize();
@@ -66,7 +69,7 @@ impl ConfigStream {
             },
         };
         let at = ResumeFrom { epoch: update.epoch, version: update.version };
-        Ok(&self.held.insert((at, config)).1)
+        Ok(self.held.insert((at, Arc::new(config))).1.clone())
     }
 }
 
@@ -94,7 +97,7 @@ mod tests {
         stream.apply(update("e1", 3, UpdateBody::Full(config(&["b", "a"])))).map(|_| ()).unwrap_or_default();
         let changes = ConfigDelta::between(&config(&["a", "b"]), &config(&["a", "c"]));
         let applied = stream.apply(update("e1", 4, UpdateBody::Delta { from: 3, changes }));
-        assert_eq!(applied.ok(), Some(&config(&["a", "c"])));
+        assert_eq!(applied.ok().as_deref(), Some(&config(&["a", "c"])));
         assert_eq!(stream.resume_from().map(|r| r.to_query()), Some("e1.4".to_owned()));
     }
 

@@ -137,3 +137,28 @@ fn last_rejection(bed: &Standard, node: usize) -> String {
 fn last_kept_version(bed: &Standard, node: usize) -> u64 {
     rejection_records(bed, node).last().and_then(|r| r["kept_version"].as_u64()).unwrap_or(0)
 }
+
+/// A tunnel that outlives several config versions must not keep them in
+/// memory: each agent holds one version, whatever its connections do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_connections_do_not_pin_old_config_versions() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    let (client, server) = (bed.cluster.pod("n1-a"), bed.cluster.pod("n2-a"));
+    let stream = client.netns.connect(server.addr(APP_PORT)).await.unwrap();
+    let (_, mut tunnel) = ambit_tests::sample::echo_on(stream, "long-lived").await.unwrap();
+    ambit_tests::sample::echo_roundtrip(&mut tunnel, b"before").await.unwrap();
+    for round in 0..3 {
+        bed.apply(|config| {
+            config.workloads[0].labels.insert("round".into(), round.to_string());
+        })
+        .await
+        .unwrap();
+    }
+    for node in 0..2 {
+        crate::support::wait_for_metric(&bed.cluster, node, "ambit_config_versions_held", &[], |held| held == 1.0)
+            .await;
+    }
+    // The tunnel is still the same working connection.
+    ambit_tests::sample::echo_roundtrip(&mut tunnel, b"after").await.unwrap();
+}

@@ -77,11 +77,16 @@ impl Inbound {
 pub(super) async fn handle_connection(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr, drain: Drain) {
     let Ok(arrived) = tcp.local_addr() else { return };
     let rejected = |error: ProxyError| Record::new("inbound", peer, arrived).finish(Err(error));
-    let snapshot = ctx.state.current();
-    let Some(destination) = local_enrolled(&snapshot.snapshot, &ctx.node, arrived.ip()) else {
-        return rejected(ProxyError::UnknownDestination(arrived.ip()));
+    // Only the identity is kept: a connection that lives for hours must not
+    // pin the config version it arrived under.
+    let identity = {
+        let current = ctx.state.current();
+        let Some(destination) = local_enrolled(&current.snapshot, &ctx.node, arrived.ip()) else {
+            return rejected(ProxyError::UnknownDestination(arrived.ip()));
+        };
+        destination.identity(&ctx.trust_domain)
     };
-    let certified = match ctx.certs.get(&destination.identity(&ctx.trust_domain)).await {
+    let certified = match ctx.certs.get(&identity).await {
         Ok(certified) => certified,
         Err(error) => return rejected(error.into()),
     };
@@ -136,6 +141,9 @@ pub(super) async fn handle_stream(
             return record.finish(Err(error));
         }
     };
+    let baggage = baggage_headers(destination, &ctx.cluster_id);
+    // The decisions are made; the tunnel must not pin this config version.
+    drop(current);
     // A stream the client has already reset gets no connection to the pod:
     // otherwise resetting streams as fast as they open would make the pod
     // accept connections nobody uses.
@@ -152,7 +160,7 @@ pub(super) async fn handle_stream(
         }
     };
     record.upstream = Some(request.authority);
-    let Ok(tunnel) = responder.accept(baggage_headers(destination, &ctx.cluster_id)) else {
+    let Ok(tunnel) = responder.accept(baggage) else {
         return record.finish(Err(ProxyError::Copy(std::io::ErrorKind::ConnectionReset.into())));
     };
     let tracked = Tracked {

@@ -79,6 +79,8 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
     if !decision.is_allowed() {
         return Err(ProxyError::Denied(decision.to_string()));
     }
+    // The decisions are made; the connection must not pin this config version.
+    drop(current);
     let mut upstream = connect_local(ctx, dst, peer.ip()).await?;
     record.upstream = Some(dst);
     let tracked = Tracked {

@@ -81,8 +81,10 @@ pub(super) async fn handle(ctx: Arc<ProxyContext>, downstream: TcpStream, peer: 
     let span = info_span!("outbound", id = ctx.connection_id(), src = %peer, dst = %orig_dst);
     async move {
         let mut record = Record::new("outbound", peer, orig_dst);
-        let current = ctx.state.current();
-        let result = match resolve(&ctx, &current.snapshot, peer, orig_dst, &mut record) {
+        // Resolved under the current config, which is then let go: a
+        // connection that lives for hours must not pin its version.
+        let resolved = resolve(&ctx, &ctx.state.current().snapshot, peer, orig_dst, &mut record);
+        let result = match resolved {
             Ok(upstream) => forward(&ctx, downstream, upstream, &record).await,
             Err(error) => {
                 socket::reset_on_close(&downstream);

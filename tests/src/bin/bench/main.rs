@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used, reason = "a benchmark reports to its user")]
 
 mod measure;
+mod memory;
 mod procstat;
 mod report;
 
@@ -43,6 +44,10 @@ struct Args {
     /// pod pairs (for profiling which hop costs what).
     #[arg(long, value_delimiter = ',')]
     echo_pairs: Vec<String>,
+    /// Instead of the L4 suite, measure the agents' memory (`cargo xtask
+    /// bench memory`).
+    #[arg(long)]
+    memory: bool,
 }
 
 impl Args {
@@ -73,6 +78,14 @@ async fn main() -> anyhow::Result<()> {
         return print_echo_pairs(&bed, &args.echo_pairs).await;
     }
     let pids = [bed.cluster.ztunnel(0).pid().unwrap_or(0), bed.cluster.ztunnel(1).pid().unwrap_or(0)];
+    if args.memory {
+        println!("memory…");
+        let markdown = memory::measure(&bed, pids, args.seconds).await?.markdown(&machine());
+        println!("\n{markdown}");
+        report::write_section(&args.output, "memory", &markdown)?;
+        println!("written to {}", args.output.display());
+        return Ok(());
+    }
     let session = Session { args: &args, pids, bed: &bed, paths };
     let mut report = Report::new(args.runs);
     measure_tcp(&session, &mut report).await?;
@@ -80,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
     report.rss = pids.map(procstat::rss_mib);
     let markdown = report.markdown(&machine());
     println!("\n{markdown}");
-    report::write_section(&args.output, &markdown)?;
+    report::write_section(&args.output, "l4", &markdown)?;
     println!("written to {}", args.output.display());
     Ok(())
 }

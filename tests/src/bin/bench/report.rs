@@ -186,11 +186,12 @@ fn row(measure: &str, direct: &str, tunnel: &str, versus: &str, target: &str, me
 }
 
 /// Replaces the `bench:l4` section of `path` (or appends it).
-pub fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+pub fn write_section(path: &Path, name: &str, section: &str) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
-    let updated = match (existing.find("<!-- bench:l4 -->"), existing.find("<!-- /bench:l4 -->")) {
+    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
+    let updated = match (existing.find(&open), existing.find(&close)) {
         (Some(start), Some(end)) => {
-            let end = end + "<!-- /bench:l4 -->\n".len().min(existing.len() - end);
+            let end = end + (close.len() + 1).min(existing.len() - end);
             format!("{}{section}{}", &existing[..start], &existing[end..])
         }
         _ => format!("{}\n{section}", existing.trim_end()),
