@@ -222,3 +222,28 @@ fn every_example_and_generated_crd_parses() {
         }
     }
 }
+
+/// Every flag a binary takes, and its environment variable, is documented
+/// in its page under `docs/` (the tables there are written by hand).
+#[test]
+fn every_flag_and_environment_variable_is_documented() {
+    let root = manifests().parent().unwrap().to_owned();
+    for (binary, page) in [("ztunnel", "docs/ztunnel.md"), ("controller", "docs/controller.md")] {
+        let help =
+            std::process::Command::new(ambit_tests::ztunnel::binary(binary).unwrap()).arg("--help").output().unwrap();
+        assert!(help.status.success(), "{binary} --help failed");
+        let help = String::from_utf8(help.stdout).unwrap();
+        let doc = std::fs::read_to_string(root.join(page)).unwrap();
+        let flags: Vec<&str> = help
+            .split_whitespace()
+            .filter(|word| word.starts_with("--") && !matches!(*word, "--help" | "--version"))
+            .map(|word| word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+            .filter(|word| word.len() > 2)
+            .collect();
+        let envs: Vec<&str> = help.split("[env: ").skip(1).filter_map(|rest| rest.split('=').next()).collect();
+        assert!(flags.len() > 10 && !envs.is_empty(), "{binary} --help parsed badly:\n{help}");
+        for name in flags.iter().chain(&envs) {
+            assert!(doc.contains(&format!("`{name}")), "{page} does not document {name}");
+        }
+    }
+}
