@@ -80,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
     let pids = [bed.cluster.ztunnel(0).pid().unwrap_or(0), bed.cluster.ztunnel(1).pid().unwrap_or(0)];
     if args.memory {
         println!("memory…");
-        let markdown = memory::measure(&bed, pids, args.seconds).await?.markdown(&machine());
+        let url = format!("http://{}/", paths.http(true));
+        let markdown = memory::measure(&bed, pids, &url, args.seconds).await?.markdown(&machine());
         println!("\n{markdown}");
         report::write_section(&args.output, "memory", &markdown)?;
         println!("written to {}", args.output.display());

@@ -19,25 +19,49 @@ pub const CONNECTIONS: usize = 1000;
 #[derive(Debug, Default)]
 pub struct MemoryReport {
     /// Per agent, MiB.
+    /// The peak from start-up to settling: aya parses the kernel's BTF then.
+    pub startup_peak: [f64; 2],
     pub idle: [f64; 2],
     pub with_connections: [f64; 2],
     pub bulk_peak: [f64; 2],
+    /// Per oha load (as the L4 suite runs them): its name and the peaks.
+    pub http_peaks: Vec<(&'static str, [f64; 2])>,
 }
 
-/// Resets the kernel's peak-RSS mark of `pid` (writing 5 to clear_refs).
-fn reset_peak(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+/// The L4 suite's HTTP loads that can hold much at once.
+const HTTP_LOADS: [(&str, &[&str]); 2] = [
+    ("1 KB HTTP at maximum rate (16 connections)", &["-c", "16"]),
+    ("1 KB HTTP, a new connection per request (16 at a time)", &["-c", "16", "--disable-keepalive"]),
+];
+
+/// Runs `load` and returns each agent's peak RSS during it, measured from
+/// a settled agent (the peak mark is reset to the current RSS first).
+async fn peak_during<F: std::future::Future<Output = anyhow::Result<T>>, T>(
+    pids: [u32; 2],
+    load: F,
+) -> anyhow::Result<[f64; 2]> {
+    settle().await;
+    pids.iter().for_each(|&pid| procstat::reset_peak(pid));
+    load.await?;
+    Ok(pids.map(|pid| procstat::rss_mib(pid).1))
+}
+
+/// Lets freed memory go back to the kernel (jemalloc's purge runs 2 s after
+/// a free; this is a measurement pause, not a synchronisation).
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(5)).await;
 }
 
 fn rss(pids: [u32; 2]) -> [f64; 2] {
     pids.map(|pid| procstat::rss_mib(pid).0)
 }
 
-pub async fn measure(bed: &Standard, pids: [u32; 2], seconds: u32) -> anyhow::Result<MemoryReport> {
+pub async fn measure(bed: &Standard, pids: [u32; 2], url: &str, seconds: u32) -> anyhow::Result<MemoryReport> {
     let mut report = MemoryReport::default();
     // Let start-up garbage settle (the allocator returns it after its decay time).
     tokio::time::sleep(Duration::from_secs(12)).await;
     report.idle = rss(pids);
+    report.startup_peak = pids.map(|pid| procstat::rss_mib(pid).1);
     println!("  idle: {:.1} / {:.1} MiB", report.idle[0], report.idle[1]);
 
     let (client, server) = (bed.cluster.pod("n1-a"), bed.cluster.pod("n2-a"));
@@ -52,11 +76,14 @@ pub async fn measure(bed: &Standard, pids: [u32; 2], seconds: u32) -> anyhow::Re
     println!("  {CONNECTIONS} open tunnels: {:.1} / {:.1} MiB", report.with_connections[0], report.with_connections[1]);
     drop(held);
 
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    pids.iter().for_each(|&pid| reset_peak(pid));
-    measure::iperf(&client.netns, &server.netns, IpAddr::V4(server.ip), seconds).await?;
-    report.bulk_peak = pids.map(|pid| procstat::rss_mib(pid).1);
+    let bulk = measure::iperf(&client.netns, &server.netns, IpAddr::V4(server.ip), seconds);
+    report.bulk_peak = peak_during(pids, bulk).await?;
     println!("  bulk transfer peak: {:.1} / {:.1} MiB", report.bulk_peak[0], report.bulk_peak[1]);
+    for (name, flags) in HTTP_LOADS {
+        let peak = peak_during(pids, measure::oha(&client.netns, url, seconds, flags)).await?;
+        println!("  {name}, peak: {:.1} / {:.1} MiB", peak[0], peak[1]);
+        report.http_peaks.push((name, peak));
+    }
     Ok(report)
 }
 
@@ -68,11 +95,17 @@ impl MemoryReport {
             text,
             "`cargo xtask bench memory`, release build, {machine}. Resident memory (VmRSS) of each node's agent: \
              idle after start-up settles; with {CONNECTIONS} tunnels open from a pod on node1 to one on node2 \
-             (each node's agent holds all of them); and the peak (VmHWM, reset first) during a single-stream \
-             iperf3 transfer through the tunnel. Istio's ztunnel, side by side on this machine kind: 17–20 MiB \
+             (each node's agent holds all of them); and the peak (VmHWM, reset once the agent has settled) during \
+             a single-stream iperf3 transfer and during the L4 suite's HTTP loads through the tunnel. The start-up \
+             peak is aya parsing the kernel's BTF, freed at once. Istio's ztunnel, side by side on this machine kind: 17–20 MiB \
              idle, up to 32 MiB under load.\n"
         );
         text.push_str("| | node1 | node2 | target |\n|---|---|---|---|\n");
+        let _ = writeln!(
+            text,
+            "| start-up, peak (transient) | {:.1} MiB | {:.1} MiB | |",
+            self.startup_peak[0], self.startup_peak[1]
+        );
         let _ = writeln!(text, "| idle | {:.1} MiB | {:.1} MiB | ≤ 20 MiB |", self.idle[0], self.idle[1]);
         let _ = writeln!(
             text,
@@ -87,6 +120,9 @@ impl MemoryReport {
             "| bulk transfer, peak | {:.1} MiB | {:.1} MiB | ≤ 32 MiB |",
             self.bulk_peak[0], self.bulk_peak[1]
         );
+        for (name, peak) in &self.http_peaks {
+            let _ = writeln!(text, "| {name}, peak | {:.1} MiB | {:.1} MiB | ≤ 32 MiB |", peak[0], peak[1]);
+        }
         text.push_str("<!-- /bench:memory -->\n");
         text
     }

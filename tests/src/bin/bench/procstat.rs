@@ -70,3 +70,9 @@ pub fn rss_mib(pid: u32) -> (f64, f64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// Resets the kernel's peak-RSS mark (VmHWM) of `pid` to its current RSS,
+/// so a later peak is the peak of what ran in between.
+pub fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}

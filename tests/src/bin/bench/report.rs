@@ -97,7 +97,7 @@ impl Report {
             ));
         }
         rows.extend(self.http.iter().map(|(name, pair)| http_row(name, pair)));
-        let [(r1, h1), (r2, h2)] = self.rss;
+        let [(r1, _), (r2, _)] = self.rss;
         format!(
             "<!-- bench:l4 -->\n## L4: ztunnel vs direct\n\n\
              `cargo xtask bench l4`, release build, {machine}. Direct is pod to pod across nodes without the mesh;\n\
@@ -108,7 +108,7 @@ impl Report {
              include eBPF and softirq work that no process is charged for).\n\n\
              | measure | direct | through ambit | vs direct | target | met | ztunnel CPU (node1 + node2) \\| busy cores |\n\
              |---|---|---|---|---|---|---|\n{}\n\n\
-             ztunnel resident memory at the end: node1 {r1:.1} MiB (peak {h1:.1}), node2 {r2:.1} MiB (peak {h2:.1}).\n\
+             ztunnel resident memory at the end: node1 {r1:.1} MiB, node2 {r2:.1} MiB (peaks under each load: `cargo xtask bench memory`).\n\
              <!-- /bench:l4 -->\n",
             rows.join("\n"),
             runs = self.runs,
