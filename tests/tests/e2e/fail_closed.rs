@@ -65,3 +65,36 @@ async fn sigterm_drains_established_connections() {
     let status = ztunnel.wait_exit(WAIT).await.unwrap();
     assert!(status.success(), "ztunnel exited with {status} after draining");
 }
+
+/// An agent started over pins an older agent left, whose `PODS` map has
+/// the old layout (a 4-byte value), recreates that map instead of failing
+/// to load its programs, and captures as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_agents_map_layout_is_recreated() {
+    require_root();
+    let mut bed = Standard::start().await.unwrap();
+    assert!(bed.cluster.stop_ztunnel(0).await.unwrap().success());
+    let pods = bed.cluster.pin_dir(0).join("PODS");
+    std::fs::remove_file(&pods).unwrap();
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pods)
+        .args(["type", "hash", "key", "4", "value", "4", "entries", "4096", "name", "PODS"])
+        .status()
+        .unwrap();
+    assert!(created.success(), "bpftool could not pin an old-layout map");
+
+    bed.cluster.start_ztunnel(0).await.unwrap();
+    bed.cluster
+        .ztunnel(0)
+        .wait_for_log("the old map recreated", WAIT, |r| {
+            r["message"] == "a pinned map has an older layout; recreating it" && r["map"] == "PODS"
+        })
+        .await
+        .unwrap();
+    let client = bed.cluster.pod("n1-a");
+    let dst = bed.cluster.pod("n2-a").addr(APP_PORT);
+    let done = ambit_tests::sample::exchange(&client.netns, &client.name, dst, 1024, 1024).await.unwrap();
+    assert_eq!(done.hello.peer.ip(), IpAddr::V4(client.ip));
+    access_log(&bed.cluster, 0, IpAddr::V4(client.ip), &dst.to_string()).await;
+}

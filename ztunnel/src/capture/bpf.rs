@@ -13,16 +13,38 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ambit_ebpf_common::{COUNTER_ASSIGN_FAILED, COUNTER_NO_LISTENER, COUNTER_SPOOFED_SOURCE, PodInfo};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SockMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapInfo, PerCpuArray, SockMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{SchedClassifier, SkLookup, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Error;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ambit-capture"));
+
+/// The pinned maps whose layout has changed between releases, with the
+/// layout this build's programs need: (name, key size, value size).
+const PINNED_LAYOUTS: [(&str, u32, u32); 1] = [("PODS", 4, size_of::<PodInfo>() as u32)];
+
+/// aya reuses a pinned map by name without checking its layout, so programs
+/// built for a new layout would fail verification against a map an older
+/// agent pinned. Such a pin is removed so that the load creates the map
+/// afresh; the old programs keep the old map alive (and stay fail-closed)
+/// until this process takes their links over.
+fn forget_outdated_map_pins(pin_dir: &Path) -> Result<(), Error> {
+    for (name, key_size, value_size) in PINNED_LAYOUTS {
+        let path = pin_dir.join(name);
+        let Ok(pinned) = MapInfo::from_pin(&path) else { continue };
+        let pinned_layout = (pinned.key_size(), pinned.value_size());
+        if pinned_layout != (key_size, value_size) {
+            warn!(map = name, ?pinned_layout, wanted = ?(key_size, value_size), "a pinned map has an older layout; recreating it");
+            std::fs::remove_file(&path).map_err(|e| Error::Pin(path.clone(), e))?;
+        }
+    }
+    Ok(())
+}
 
 /// Which program an interface gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -105,6 +127,7 @@ impl Programs {
     pub fn load(pin_dir: &Path) -> Result<Self, Error> {
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|e| Error::Pin(links_dir.clone(), e))?;
+        forget_outdated_map_pins(pin_dir)?;
         // `EbpfLoader::new` parses the kernel's BTF (15 MiB at peak, three
         // quarters of the agent's peak heap in heaptrack). The programs use
         // no CO-RE relocations, so it is dropped at once rather than held
