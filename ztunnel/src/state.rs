@@ -8,7 +8,7 @@ use mesh::config::Snapshot;
 use tokio::sync::watch;
 
 /// One applied config.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Versioned {
     /// Increases by one with every applied config; 0 before the first.
     pub version: u64,
@@ -41,12 +41,6 @@ impl Held {
         let held = HELD.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(crate::metrics::CONFIG_VERSIONS_HELD).set(held as f64);
         Self(())
-    }
-}
-
-impl Default for Held {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
