@@ -2,6 +2,8 @@
 //! controller all speak. No eBPF and no Kubernetes client live here.
 //!
 //! * [`admission`]: how many connections a listener holds, in all and per peer.
+//! * [`certs`]: `CertManager`, certificates kept renewed for the identities
+//!   a component serves.
 //! * [`config`]: the mesh config model (workloads, services, namespaces), its
 //!   YAML form, validation and lookup index.
 //! * [`control`]: the protocol agents speak with the controller (config
@@ -17,6 +19,7 @@
 pub mod admission;
 pub mod authz;
 pub mod ca;
+pub mod certs;
 pub mod config;
 pub mod control;
 pub mod dir_watch;

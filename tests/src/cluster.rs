@@ -93,6 +93,9 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// An open-file limit for the agents this cluster starts.
     pub ztunnel_fd_limit: Option<u64>,
+    /// More objects (YAML documents) for the controller's directory,
+    /// written with the cluster's own (a waypoint Gateway, routes).
+    pub extra_objects: Vec<String>,
 }
 
 impl Cluster {
@@ -113,6 +116,7 @@ impl Cluster {
             ca: mesh::ca::CertificateAuthority::generate(TRUST_DOMAIN)?,
             extra_args: Vec::new(),
             ztunnel_fd_limit: None,
+            extra_objects: Vec::new(),
             prefix,
         };
         cluster.ca.write_files(&cluster.ca_cert_path(), &cluster.dir.path().join("ca.key"))?;
@@ -298,7 +302,11 @@ impl Cluster {
     pub fn write_config(&self) -> anyhow::Result<()> {
         match &self.control {
             Some(control) => {
-                let text = crate::kube_objects::render(&self.config)?;
+                let mut text = crate::kube_objects::render(&self.config)?;
+                for object in &self.extra_objects {
+                    text.push_str("---\n");
+                    text.push_str(object);
+                }
                 write_atomically(&control.objects_dir.join("cluster.yaml"), &text)
             }
             None => self.write_config_text(&self.config.to_yaml()?),
@@ -311,6 +319,11 @@ impl Cluster {
         if self.control.is_none() {
             let netns = Netns::create(&format!("{}-cp", self.prefix))?;
             self.plug_into_underlay(&netns, "cp", CONTROLLER_IP)?;
+            // Routes back to pods: a waypoint pod talks to the controller
+            // from its own address.
+            let routes: Vec<String> =
+                self.nodes.iter().map(|n| format!("route add {} via {}", pod_cidr(n.index), n.ip)).collect();
+            netns.ip_batch(&routes)?;
             let nodes: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
             self.control = Some(ControlPlane::new(netns, self.dir.path(), &nodes, &self.ca)?);
         }

@@ -14,6 +14,7 @@ pub mod cni;
 pub mod control_plane;
 pub mod hbone_client;
 pub mod http;
+pub mod http_app;
 pub mod kube_apiserver;
 pub mod kube_objects;
 pub mod netns;
@@ -22,6 +23,7 @@ pub mod process;
 pub mod sample;
 pub mod sample_http;
 pub mod topology;
+pub mod waypoint;
 pub mod ztunnel;
 
 /// Fails (never skips) when the process cannot create namespaces and load

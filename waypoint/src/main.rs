@@ -1,17 +1,17 @@
-//! ambit's optional per-namespace L7 proxy (istio.io/use-waypoint).
-//!
-//! Only the command line exists so far; the component itself is built in a
-//! later issue (see ARCHITECTURE.md). Running it says so and fails, rather
-//! than pretending to work.
+//! ambit's waypoint: the optional per-namespace L7 proxy
+//! (`istio.io/use-waypoint`). See the library's docs and ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use clap::Parser as _;
 
-#[derive(Debug, Parser)]
-#[command(version, about = "ambit's optional per-namespace L7 proxy (istio.io/use-waypoint)")]
-struct Args {}
+/// jemalloc, as ztunnel: requests allocate and free headers and frames on
+/// every hop.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
-    let Args {} = Args::parse();
-    anyhow::bail!("the waypoint is not implemented yet; see ARCHITECTURE.md for the plan")
+    let settings = waypoint::cli::Settings::parse();
+    let log_level = mesh::logging::init(&settings.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(waypoint::app::run(settings, log_level))
 }

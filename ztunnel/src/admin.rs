@@ -9,7 +9,7 @@ use mesh::http_server::{self, HttpServer, Request, Response};
 use serde::Serialize;
 
 use crate::capture::CaptureStatus;
-use crate::identity::{CertManager, CertStatus};
+use mesh::certs::{CertManager, CertStatus};
 use crate::state::State;
 use crate::telemetry::LogLevelHandle;
 

@@ -7,7 +7,7 @@ use ambit_ebpf_common::{LISTENER_HBONE, LISTENER_INBOUND_PLAIN, LISTENER_OUTBOUN
 use anyhow::Context as _;
 use mesh::ca::{CaClient, CertificateAuthority};
 use mesh::config::Snapshot;
-use mesh::control::{ControlClient, RemoteCa};
+use mesh::control::{ConfigFollower, ControlClient, RemoteCa, ztunnel_identity};
 use mesh::drain::{Drain, DrainOutcome};
 use mesh::hbone::pool::{Pool, PoolSettings};
 use mesh::hbone::server::ServerLimits;
@@ -22,8 +22,7 @@ use crate::capture::{Capture, CaptureStatus};
 use crate::cli::Settings;
 use crate::cni::server::CniServer;
 use crate::config_file::{self, ConfigWatcher};
-use crate::controller_source::ControllerSource;
-use crate::identity::CertManager;
+use mesh::certs::CertManager;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::inbound_plain::InboundPlain;
 use crate::proxy::outbound::Outbound;
@@ -62,7 +61,7 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     drain.spawn(pool.run_reaper(drain.clone()));
     match source.follow {
         Follow::File(watcher) => drain.spawn(watcher.run(state, drain.clone())),
-        Follow::Controller(controller) => drain.spawn(controller.follow(state, drain.clone())),
+        Follow::Controller(controller) => drain.spawn(controller.follow(drain.clone(), move |snapshot| state.apply(snapshot))),
     };
     if let (Some(bin_dir), Some(conf_dir)) = (&settings.cni_bin_dir, &settings.cni_conf_dir) {
         crate::cni::install::install_binary(bin_dir)?;
@@ -191,7 +190,7 @@ async fn start_capture(
 /// Where config comes from after the first version.
 enum Follow {
     File(ConfigWatcher),
-    Controller(Box<ControllerSource>),
+    Controller(Box<ConfigFollower>),
 }
 
 struct ConfigSource {
@@ -221,7 +220,7 @@ async fn config_source(settings: &Settings) -> anyhow::Result<(ConfigSource, Cer
         (_, _, Some(addr), Some(credential)) => {
             let client = ControlClient::new(addr.clone(), trust.clone(), read(credential)?, settings.node.clone());
             let ca: Arc<dyn CaClient> = Arc::new(RemoteCa::new(client.clone(), roots_pem));
-            let mut controller = ControllerSource::new(client);
+            let mut controller = ConfigFollower::new(client, ztunnel_identity(&settings.trust_domain));
             info!(%addr, "waiting for the controller's first config");
             let initial = controller.first().await;
             let source = ConfigSource { initial, follow: Follow::Controller(Box::new(controller)) };

@@ -9,8 +9,6 @@ pub mod capture;
 pub mod cli;
 pub mod cni;
 mod config_file;
-mod controller_source;
-mod identity;
 mod metrics;
 mod proxy;
 mod readiness;

@@ -20,7 +20,7 @@ pub const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
 pub const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
 /// Bytes from the source (the request direction).
 pub const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
-pub const CONFIG_UPDATES: &str = "ambit_config_updates_total";
+pub use mesh::control::follow::CONFIG_UPDATES;
 pub const CAPTURED_PODS: &str = "ambit_captured_pods";
 pub const POLICY_CLOSED: &str = "ambit_connections_closed_by_policy_total";
 /// Connections `istio.io/dry-run` policies would have allowed or denied.

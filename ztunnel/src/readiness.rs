@@ -15,7 +15,7 @@ use http::StatusCode;
 use mesh::drain::Drain;
 use mesh::http_server::{self, HttpServer, Request, Response};
 
-use crate::identity::CertManager;
+use mesh::certs::CertManager;
 
 #[derive(Clone, Debug)]
 pub struct Readiness {

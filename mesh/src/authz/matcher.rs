@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::ConnectionInfo;
+use super::{ConnectionInfo, RequestInfo};
 use crate::config::policy::{Condition, Operation, Rule, Source};
 
 /// Istio string matching: exact, `prefix*`, `*suffix`, or `*` (any
@@ -31,6 +31,16 @@ impl StringMatch {
             Self::Prefix(prefix.to_owned())
         } else {
             Self::Exact(pattern.to_owned())
+        }
+    }
+
+    fn matches_ignoring_case(&self, value: &str) -> bool {
+        let lower = |s: &str| s.to_ascii_lowercase();
+        match self {
+            Self::Exact(e) => value.eq_ignore_ascii_case(e),
+            Self::Prefix(p) => lower(value).starts_with(&lower(p)),
+            Self::Suffix(s) => lower(value).ends_with(&lower(s)),
+            Self::Present => !value.is_empty(),
         }
     }
 
@@ -72,9 +82,32 @@ struct Matcher {
     source_ips: Field<IpNet>,
     destination_ips: Field<IpNet>,
     ports: Field<u16>,
+    /// L7, compiled only for waypoints.
+    methods: Field<StringMatch>,
+    paths: Field<StringMatch>,
+    hosts: Field<StringMatch>,
+    /// `request.headers[name]` conditions, name lower case.
+    headers: Vec<(String, Field<StringMatch>)>,
 }
 
 impl Matcher {
+    fn has_l7(&self) -> bool {
+        let used = |f: &Field<StringMatch>| !f.any_of.is_empty() || !f.none_of.is_empty();
+        used(&self.methods) || used(&self.paths) || used(&self.hosts) || !self.headers.is_empty()
+    }
+
+    /// Without a request (opaque TCP at a waypoint), L7 fields cannot be
+    /// checked: they hold in a DENY rule and fail in an ALLOW rule, so the
+    /// result fails closed either way.
+    fn matches_request(&self, r: Option<&RequestInfo<'_>>, allow: bool) -> bool {
+        let Some(r) = r else { return !allow || !self.has_l7() };
+        let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        self.methods.check(|m| m.matches(r.method))
+            && self.paths.check(|m| m.matches(r.path))
+            && self.hosts.check(|m| m.matches_ignoring_case(r.host))
+            && self.headers.iter().all(|(name, field)| field.check(|m| m.matches(header(name))))
+    }
+
     fn matches(&self, c: &ConnectionInfo<'_>) -> bool {
         // A plaintext peer has no principal: "" for matching, so `*` and
         // every name fail, and every `not` list passes.
@@ -103,6 +136,57 @@ impl CompiledRule {
 
     pub(super) fn matches(&self, c: &ConnectionInfo<'_>) -> bool {
         self.groups.iter().all(|group| group.iter().any(|m| m.matches(c)))
+    }
+
+    /// At a waypoint: the connection's and, if there is one, the request's
+    /// attributes.
+    pub(super) fn matches_request(&self, c: &ConnectionInfo<'_>, r: Option<&RequestInfo<'_>>, allow: bool) -> bool {
+        self.groups.iter().all(|group| group.iter().any(|m| m.matches(c) && m.matches_request(r, allow)))
+    }
+}
+
+/// Compiles a rule of a policy bound to a waypoint: L7 attributes too.
+/// `None` for an ALLOW rule that uses attributes the waypoint cannot
+/// evaluate (JWT `requestPrincipals`, `remoteIpBlocks`, other `when` keys):
+/// it never matches; in a DENY rule they are ignored, so it matches more.
+pub(super) fn compile_waypoint_rule(rule: &Rule, allow: bool, namespace: &str) -> Result<Option<CompiledRule>, String> {
+    let unsupported = rule.l7_attributes().into_iter().any(|a| {
+        !matches!(a.as_str(), "hosts" | "notHosts" | "methods" | "notMethods" | "paths" | "notPaths")
+            && !a.starts_with("when request.headers[")
+    });
+    if allow && unsupported {
+        return Ok(None);
+    }
+    let mut groups = Vec::new();
+    if !rule.to.is_empty() {
+        groups.push(rule.to.iter().map(|t| l7_operation(&t.operation)).collect::<Result<_, _>>()?);
+    }
+    if !rule.from.is_empty() {
+        groups.push(rule.from.iter().map(|f| source(&f.source, namespace)).collect::<Result<_, _>>()?);
+    }
+    for condition in &rule.when {
+        groups.push(vec![l7_when(condition)?]);
+    }
+    Ok(Some(CompiledRule { groups }))
+}
+
+fn l7_operation(o: &Operation) -> Result<Matcher, String> {
+    Ok(Matcher {
+        methods: Field { any_of: strings(&o.methods), none_of: strings(&o.not_methods) },
+        paths: Field { any_of: strings(&o.paths), none_of: strings(&o.not_paths) },
+        hosts: Field { any_of: strings(&o.hosts), none_of: strings(&o.not_hosts) },
+        ..operation(o)?
+    })
+}
+
+fn l7_when(c: &Condition) -> Result<Matcher, String> {
+    let header = c.key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'));
+    match header {
+        Some(name) => Ok(Matcher {
+            headers: vec![(name.to_ascii_lowercase(), Field { any_of: strings(&c.values), none_of: strings(&c.not_values) })],
+            ..Default::default()
+        }),
+        None => when(c),
     }
 }
 

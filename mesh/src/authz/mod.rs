@@ -12,7 +12,9 @@
 //! ignored, so the DENY matches more. Either way the result fails closed.
 //! CUSTOM policies (external authorizers) are unsupported and deny all
 //! traffic in their scope; AUDIT policies have no effect on decisions.
-//! Policies with `targetRef(s)` are for waypoints and are skipped here.
+//! Policies with `targetRef(s)` are for waypoints: ztunnel skips them, and
+//! a waypoint evaluates them with the request's attributes too
+//! ([`Authorizer::authorize_at_waypoint`]), in the same order.
 //!
 //! Policies annotated `istio.io/dry-run: "true"` never decide. They are
 //! evaluated beside the others ([`Authorizer::dry_run`]), as Istio's shadow
@@ -46,6 +48,25 @@ pub struct ConnectionInfo<'a> {
     pub dst_ip: IpAddr,
     /// The port on the destination workload.
     pub dst_port: u16,
+}
+
+/// What a waypoint knows about one HTTP request.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The `:authority` (or `host` header).
+    pub host: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// What a waypoint policy's `targetRefs` may name.
+#[derive(Clone, Copy, Debug)]
+pub struct WaypointTargets<'a> {
+    /// The waypoint Gateway: (namespace, name).
+    pub gateway: (&'a str, &'a str),
+    /// The Service the request is for, if any: (namespace, name).
+    pub service: Option<(&'a str, &'a str)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +119,8 @@ pub struct Authorizer {
     policies: Vec<CompiledPolicy>,
     /// Evaluated, never enforced.
     dry_run: Vec<CompiledPolicy>,
+    /// Bound by `targetRef(s)`, for waypoints, with their targets.
+    waypoint: Vec<(Vec<crate::config::policy::PolicyTargetReference>, CompiledPolicy)>,
     peer: PeerAuthenticator,
 }
 
@@ -107,14 +130,18 @@ impl Authorizer {
         peer_authentications: &[PeerAuthentication],
         root_namespace: &str,
     ) -> Result<Self, PolicyError> {
-        let (mut compiled, mut dry_run) = (Vec::new(), Vec::new());
+        let (mut compiled, mut dry_run, mut waypoint) = (Vec::new(), Vec::new(), Vec::new());
         for policy in policies {
+            if let Some(bound) = compile_waypoint_policy(policy)? {
+                waypoint.push(bound);
+                continue;
+            }
             if let Some(compiled_policy) = compile_policy(policy)? {
                 if policy.dry_run() { &mut dry_run } else { &mut compiled }.push(compiled_policy);
             }
         }
         let peer = PeerAuthenticator::new(peer_authentications, root_namespace)?;
-        Ok(Self { root_namespace: root_namespace.to_owned(), policies: compiled, dry_run, peer })
+        Ok(Self { root_namespace: root_namespace.to_owned(), policies: compiled, dry_run, waypoint, peer })
     }
 
     fn applies(&self, policy: &CompiledPolicy, namespace: &str, labels: &Labels) -> bool {
@@ -159,10 +186,76 @@ impl Authorizer {
         Some(Decision::Allow)
     }
 
+    /// Decides on a request (or, with `request` None, an opaque connection)
+    /// at a waypoint, by the policies bound to the waypoint's Gateway or to
+    /// the Service the request is for: CUSTOM (unsupported) and DENY
+    /// first, then ALLOW if there is any; AUDIT never decides.
+    pub fn authorize_at_waypoint(
+        &self,
+        targets: WaypointTargets<'_>,
+        connection: &ConnectionInfo<'_>,
+        request: Option<&RequestInfo<'_>>,
+    ) -> Decision {
+        let bound = |refs: &[crate::config::policy::PolicyTargetReference], namespace: &str| {
+            refs.iter().any(|r| {
+                let ns = r.namespace.as_deref().unwrap_or(namespace);
+                (r.kind == "Gateway" && (ns, r.name.as_str()) == targets.gateway)
+                    || (r.kind == "Service" && Some((ns, r.name.as_str())) == targets.service)
+            })
+        };
+        let applicable = || self.waypoint.iter().filter(|(refs, p)| bound(refs, &p.namespace)).map(|(_, p)| p);
+        let matches = |p: &CompiledPolicy| {
+            let allow = p.effect == Effect::Allow;
+            p.rules.iter().any(|r| r.matches_request(connection, request, allow))
+        };
+        if let Some(deny) = applicable().find(|p| p.effect == Effect::Deny && matches(p)) {
+            return Decision::Deny(format!("policy {} denies it", deny.key));
+        }
+        let mut allows = applicable().filter(|p| p.effect == Effect::Allow).peekable();
+        if allows.peek().is_none() || allows.any(matches) {
+            return Decision::Allow;
+        }
+        Decision::Deny("no ALLOW policy matches it".into())
+    }
+
     /// Whether `destination` accepts plaintext (non-mTLS) connections on `port`.
     pub fn plaintext_allowed(&self, destination: &Workload, port: u16) -> bool {
         self.peer.plaintext_allowed(destination, port)
     }
+}
+
+/// A policy bound by `targetRef(s)` (to a waypoint's Gateway or a Service
+/// behind one), compiled with L7 attributes; `None` for any other policy.
+/// Dry-run ones are not enforced at the waypoint either.
+#[allow(clippy::type_complexity, reason = "a pair of the targets and the policy")]
+fn compile_waypoint_policy(
+    policy: &AuthorizationPolicy,
+) -> Result<Option<(Vec<crate::config::policy::PolicyTargetReference>, CompiledPolicy)>, PolicyError> {
+    let spec = &policy.spec;
+    let refs: Vec<_> = spec.target_ref.iter().chain(&spec.target_refs).cloned().collect();
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    let key = policy.key();
+    let error = |message: String| PolicyError { policy: format!("AuthorizationPolicy {key}"), message };
+    policy.check_kind("AuthorizationPolicy").map_err(error)?;
+    let (effect, rules) = match spec.action {
+        Action::Audit => return Ok(None),
+        Action::Custom => (Effect::Deny, vec![CompiledRule::match_all()]),
+        Action::Allow | Action::Deny => {
+            let allow = spec.action == Action::Allow;
+            let mut rules = Vec::new();
+            for rule in &spec.rules {
+                rules.extend(matcher::compile_waypoint_rule(rule, allow, &policy.metadata.namespace).map_err(error)?);
+            }
+            (if allow { Effect::Allow } else { Effect::Deny }, rules)
+        }
+    };
+    if policy.dry_run() {
+        return Ok(None);
+    }
+    let compiled = CompiledPolicy { key, namespace: policy.metadata.namespace.clone(), selector: None, effect, rules };
+    Ok(Some((refs, compiled)))
 }
 
 fn compile_policy(policy: &AuthorizationPolicy) -> Result<Option<CompiledPolicy>, PolicyError> {

@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Labels, MeshConfig, Service};
+use super::{Labels, MeshConfig, Service, Workload};
 
 /// The namespace or service label that sends a service's traffic through a
 /// waypoint: its value names the waypoint (a Gateway); `none` opts out.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// Names the waypoint's namespace when it is not the service's own.
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// The label a waypoint's pods carry, naming their Gateway (as Istio's
+/// waypoint Deployments do).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// The Gateway class that makes a Gateway a waypoint.
 pub const WAYPOINT_GATEWAY_CLASS: &str = "istio-waypoint";
 /// Weights are parts of this whole when a fraction is a percentage.
@@ -242,16 +245,43 @@ pub struct Waypoint {
     pub traffic_type: String,
 }
 
+impl Waypoint {
+    /// Whether it takes traffic addressed to a service's VIP
+    /// (`istio.io/waypoint-for`: service, the default, or all).
+    pub fn takes_service_traffic(&self) -> bool {
+        matches!(self.traffic_type.as_str(), "" | "service" | "all")
+    }
+
+    /// Whether it takes traffic addressed to a pod directly (workload or all).
+    pub fn takes_workload_traffic(&self) -> bool {
+        matches!(self.traffic_type.as_str(), "workload" | "all")
+    }
+
+    /// Whether `workload` is one of this waypoint's pods.
+    pub fn has_pod(&self, workload: &Workload) -> bool {
+        workload.namespace == self.namespace && workload.labels.get(GATEWAY_NAME_LABEL) == Some(&self.name)
+    }
+}
+
 /// The waypoint a service's traffic goes through: the service's own
 /// `istio.io/use-waypoint` label first, else its namespace's; `none` opts
 /// out. A label naming no known waypoint sends traffic nowhere special.
 pub fn waypoint_of<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a Waypoint> {
-    let namespace_labels = config.namespaces.iter().find(|n| n.name == service.namespace).map(|n| &n.labels);
-    let labels =
-        [Some(&service.labels), namespace_labels].into_iter().flatten().find(|l| l.contains_key(USE_WAYPOINT_LABEL))?;
+    named_waypoint(config, &service.labels, &service.namespace)
+}
+
+/// The waypoint a pod's traffic goes through, by the pod's label or its
+/// namespace's, as for services. A waypoint never serves its own pods.
+pub fn waypoint_of_workload<'a>(config: &'a MeshConfig, workload: &Workload) -> Option<&'a Waypoint> {
+    named_waypoint(config, &workload.labels, &workload.namespace).filter(|w| !w.has_pod(workload))
+}
+
+fn named_waypoint<'a>(config: &'a MeshConfig, own: &Labels, namespace: &str) -> Option<&'a Waypoint> {
+    let namespace_labels = config.namespaces.iter().find(|n| n.name == namespace).map(|n| &n.labels);
+    let labels = [Some(own), namespace_labels].into_iter().flatten().find(|l| l.contains_key(USE_WAYPOINT_LABEL))?;
     let name = labels.get(USE_WAYPOINT_LABEL)?;
-    let namespace = labels.get(USE_WAYPOINT_NAMESPACE_LABEL).unwrap_or(&service.namespace);
-    config.waypoints.iter().find(|w| &w.name == name && &w.namespace == namespace)
+    let waypoint_namespace = labels.get(USE_WAYPOINT_NAMESPACE_LABEL).map_or(namespace, String::as_str);
+    config.waypoints.iter().find(|w| &w.name == name && w.namespace == waypoint_namespace)
 }
 
 /// Checks what the types alone cannot: patterns compile, weights are not

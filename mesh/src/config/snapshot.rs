@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use rand::Rng as _;
 
+use super::routing::{Waypoint, waypoint_of, waypoint_of_workload};
 use super::validate::validate;
 use super::{ConfigError, MeshConfig, Namespace, Service, ServicePort, Workload, enrolled};
 use crate::authz::{Authorizer, DEFAULT_ROOT_NAMESPACE};
+use crate::identity::Identity;
 
 /// An immutable, validated config with its indexes.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +96,35 @@ impl Snapshot {
     /// Whether `ip` is some service's virtual IP, whatever the port.
     pub fn is_vip(&self, ip: IpAddr) -> bool {
         self.service_by_vip.contains_key(&ip)
+    }
+
+    /// The endpoints of the service at `index` in `config().services`.
+    pub fn endpoints_of(&self, index: usize) -> impl Iterator<Item = &Workload> + '_ {
+        self.endpoints.get(index).into_iter().flatten().map(|&i| &self.config.workloads[i])
+    }
+
+    /// The index in `config().services` of the service at `vip`.
+    pub fn service_index_by_vip(&self, vip: IpAddr) -> Option<usize> {
+        self.service_by_vip.get(&vip).copied()
+    }
+
+    /// The waypoints that take traffic for `workload`: its services'
+    /// (for service traffic) and its own (for workload traffic).
+    pub fn waypoints_serving<'a>(&'a self, workload: &'a Workload) -> impl Iterator<Item = &'a Waypoint> + 'a {
+        let own = waypoint_of_workload(&self.config, workload).filter(|w| w.takes_workload_traffic());
+        let services = self
+            .services_of(workload)
+            .filter_map(|s| waypoint_of(&self.config, s))
+            .filter(|w| w.takes_service_traffic());
+        own.into_iter().chain(services)
+    }
+
+    /// Whether `identity` is what the pods of `waypoint` run as.
+    pub fn is_waypoint_identity(&self, waypoint: &Waypoint, identity: &Identity) -> bool {
+        self.config
+            .workloads
+            .iter()
+            .any(|w| waypoint.has_pod(w) && w.identity(&identity.trust_domain) == *identity)
     }
 
     /// The service behind `vip:port`, or `None` if `vip` is not a service

@@ -16,12 +16,14 @@
 //! controller starts over with a full config.
 
 pub mod client;
+pub mod follow;
 mod remote_ca;
 pub mod stream;
 
 use serde::{Deserialize, Serialize};
 
 pub use client::{ControlClient, ControlError};
+pub use follow::ConfigFollower;
 pub use remote_ca::RemoteCa;
 pub use stream::{ConfigStream, ResumeFrom};
 

@@ -19,3 +19,4 @@ mod scale;
 mod services;
 mod support;
 mod telemetry;
+mod waypoint;

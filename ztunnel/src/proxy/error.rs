@@ -46,6 +46,8 @@ pub enum ProxyError {
     AuthorityMismatch { authority: SocketAddr, arrived: SocketAddr },
     #[error("authorization {0}")]
     Denied(String),
+    #[error("refused: the destination takes workload traffic only through its waypoint {0}")]
+    SkippedWaypoint(String),
     #[error("the destination's ztunnel denied the connection (HBONE 401)")]
     DeniedByPeer,
     #[error("plaintext refused: PeerAuthentication is STRICT for port {0}")]
@@ -61,7 +63,7 @@ pub enum ProxyError {
     #[error("HBONE protocol error from the client: {0}")]
     Protocol(HboneError),
     #[error(transparent)]
-    Certificate(#[from] crate::identity::CertError),
+    Certificate(#[from] mesh::certs::CertError),
     #[error("cannot create upstream socket: {0}")]
     Socket(io::Error),
     #[error("connection reset while copying: {0}")]
@@ -83,6 +85,7 @@ impl ProxyError {
             | Self::UnknownDestination(_)
             | Self::AuthorityMismatch { .. }
             | Self::Denied(_)
+            | Self::SkippedWaypoint(_)
             | Self::DeniedByPeer
             | Self::PlaintextRefused(_)
             | Self::Handshake(_)
@@ -114,6 +117,7 @@ impl ProxyError {
             Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Socket(_) | Self::Hbone { .. } => "UF",
             Self::Certificate(_) | Self::Handshake(_) | Self::UnknownSource(_) | Self::AuthorityMismatch { .. } => "UF",
             Self::Denied(_) | Self::DeniedByPeer | Self::PlaintextRefused(_) | Self::ForgedSource(_) => "DENY",
+            Self::SkippedWaypoint(_) => "DENY",
             Self::Revoked => "REVOKED",
             Self::Protocol(_) => "DPE",
             Self::Copy(_) | Self::ClientReset => "DC",

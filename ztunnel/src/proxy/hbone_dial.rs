@@ -15,7 +15,7 @@ use mesh::tls;
 use tokio_rustls::TlsConnector;
 
 use super::socket::{self, HboneSource};
-use crate::identity::CertManager;
+use mesh::certs::CertManager;
 use crate::state::State;
 
 #[derive(Clone, Debug)]
@@ -27,8 +27,10 @@ pub struct HboneDialer {
 }
 
 impl HboneDialer {
-    fn is_local_pod(&self, ip: IpAddr) -> bool {
-        self.state.current().snapshot.workload_by_ip(ip).is_some_and(|w| w.node == self.node)
+    /// A local enrolled pod is reached through our own HBONE listener; a
+    /// local pod that is not enrolled (a waypoint's) serves HBONE itself.
+    fn is_local_enrolled_pod(&self, ip: IpAddr) -> bool {
+        super::local_enrolled(&self.state.current().snapshot, &self.node, ip).is_some()
     }
 }
 
@@ -47,7 +49,7 @@ impl HboneDialer {
             self.certs.get(&key.src).await.map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
         let config = tls::client_config(&cert.cert, self.certs.trust(), vec![key.dst.clone()])
             .map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
-        let source = if self.is_local_pod(hop.ip()) { HboneSource::ThisNode } else { HboneSource::Pod(key.src_ip) };
+        let source = if self.is_local_enrolled_pod(hop.ip()) { HboneSource::ThisNode } else { HboneSource::Pod(key.src_ip) };
         let tcp = socket::connect_hbone(hop, source, &self.tcp)
             .await
             .map_err(|cause| HboneError::Connect { addr: hop, cause })?;

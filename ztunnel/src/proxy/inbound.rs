@@ -5,9 +5,11 @@
 //! pod; TLS is accepted with that pod's identity and must present a client
 //! certificate from our trust domain. Per CONNECT stream, in order:
 //! 1. the client's address must fit the peer's proven identity
-//!    ([`client_address`]; else 401);
+//!    ([`client_address`]), unless the peer is a waypoint serving the
+//!    destination (else 401);
 //! 2. the authority's IP must be the arrival address (else 400);
-//! 3. it must be a local enrolled workload (else 503);
+//! 3. it must be a local enrolled workload (else 503), and a workload whose
+//!    waypoint takes workload traffic accepts only that waypoint (else 401);
 //! 4. authorization, with the peer's proven identity (else 401);
 //! 5. connect to the pod as the original client (else 503), unless the
 //!    client reset the stream first; answer 200;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use mesh::authz::ConnectionInfo;
+use mesh::config::routing::waypoint_of_workload;
 use mesh::config::{Snapshot, Workload};
 use mesh::drain::Drain;
 use mesh::hbone::headers::{self, BAGGAGE, PeerInfo};
@@ -122,7 +125,7 @@ pub(super) async fn handle_stream(
     let current = ctx.state.current();
     let forwarded = request.headers.get(headers::FORWARDED).and_then(|v| v.to_str().ok());
     let claimed = forwarded.and_then(headers::parse_forwarded_addr);
-    let src = match client_address(&current.snapshot, &ctx.trust_domain, &client, tcp_peer, claimed) {
+    let src = match trusted_client_address(&ctx, &current.snapshot, &client, tcp_peer, &request, claimed) {
         Ok(src) => src,
         Err(forged) => {
             metrics::counter!(FORGED_SOURCE, "claim" => forged.claim()).increment(1);
@@ -177,6 +180,26 @@ pub(super) async fn handle_stream(
     record.finish(result);
 }
 
+/// Step 1: the client's address. A waypoint that serves the destination
+/// carries the original client's address in `forwarded`, and is believed
+/// (Istio's rule); anyone else must fit [`client_address`].
+fn trusted_client_address(
+    ctx: &ProxyContext,
+    snapshot: &Snapshot,
+    client: &Identity,
+    tcp_peer: SocketAddr,
+    request: &ConnectRequest,
+    claimed: Option<SocketAddr>,
+) -> Result<SocketAddr, Box<super::client_address::ForgedSource>> {
+    let destination = local_enrolled(snapshot, &ctx.node, request.authority.ip());
+    let from_its_waypoint = destination
+        .is_some_and(|d| snapshot.waypoints_serving(d).any(|w| snapshot.is_waypoint_identity(w, client)));
+    match claimed {
+        Some(claimed) if from_its_waypoint => Ok(claimed),
+        _ => client_address(snapshot, &ctx.trust_domain, client, tcp_peer, claimed),
+    }
+}
+
 /// Steps 1–3 of the module's sequence, filling in `record` (and opening its
 /// metrics) as the destination becomes known: the local workload the stream
 /// may reach, or the status to answer and the reason.
@@ -195,6 +218,8 @@ fn admit<'s>(
         return Err((StatusCode::SERVICE_UNAVAILABLE, ProxyError::UnknownDestination(authority.ip())));
     };
     record.open_at_destination(snapshot, destination, (&ctx.trust_domain, &ctx.cluster_id), "mutual_tls");
+    skipped_waypoint(snapshot, destination, record.src_identity.as_ref())
+        .map_or(Ok(()), |waypoint| Err((StatusCode::UNAUTHORIZED, ProxyError::SkippedWaypoint(waypoint))))?;
     let info = ConnectionInfo {
         src_identity: record.src_identity.as_ref(),
         src_ip: record.src.ip(),
@@ -207,6 +232,14 @@ fn admit<'s>(
         return Err((StatusCode::UNAUTHORIZED, ProxyError::Denied(decision.to_string())));
     }
     Ok(destination)
+}
+
+/// Istio's rule: a pod whose waypoint takes workload traffic accepts
+/// tunnels only from that waypoint. Names the waypoint a caller skipped.
+pub(super) fn skipped_waypoint(snapshot: &Snapshot, destination: &Workload, peer: Option<&Identity>) -> Option<String> {
+    let waypoint = waypoint_of_workload(snapshot.config(), destination).filter(|w| w.takes_workload_traffic())?;
+    let through_it = peer.is_some_and(|peer| snapshot.is_waypoint_identity(waypoint, peer));
+    (!through_it).then(|| format!("{}/{}", waypoint.namespace, waypoint.name))
 }
 
 /// The success response's `baggage`: who the destination is.

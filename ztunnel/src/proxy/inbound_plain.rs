@@ -73,6 +73,9 @@ async fn serve(ctx: &ProxyContext, downstream: &mut TcpStream, record: &mut Reco
     if !authorizer.plaintext_allowed(destination, dst.port()) {
         return Err(ProxyError::PlaintextRefused(dst.port()));
     }
+    if let Some(waypoint) = super::inbound::skipped_waypoint(snapshot, destination, None) {
+        return Err(ProxyError::SkippedWaypoint(waypoint));
+    }
     let info = ConnectionInfo { src_identity: None, src_ip: peer.ip(), dst_ip: dst.ip(), dst_port: dst.port() };
     let decision = authorizer.authorize(destination, &info);
     record.note_dry_run(authorizer.dry_run(destination, &info));

@@ -38,7 +38,7 @@ use mesh::hbone::pool::Pool;
 use mesh::hbone::server::ServerLimits;
 use mesh::tcp::TcpOptions;
 
-use crate::identity::CertManager;
+use mesh::certs::CertManager;
 use crate::state::State;
 
 /// What every connection handler needs, shared by all of them.

@@ -4,11 +4,14 @@
 //!
 //! Phases, in order:
 //! 1. accept;
-//! 2. resolve: refuse our own ports; a service VIP becomes one endpoint;
+//! 2. resolve: refuse our own ports; a service (or pod) whose waypoint takes
+//!    its traffic goes to one of the waypoint's pods, the original
+//!    destination as the CONNECT authority (Istio ambient's rule); else a
+//!    service VIP becomes one endpoint;
 //! 3. choose the way: HBONE (as the client's identity, to the destination
-//!    pod's IP on 15008) when the destination is enrolled, plaintext
-//!    otherwise (as the client pod where replies can come back, else as the
-//!    node);
+//!    pod's IP on 15008) when the destination is enrolled or a waypoint,
+//!    plaintext otherwise (as the client pod where replies can come back,
+//!    else as the node);
 //! 4. copy both ways;
 //! 5. log.
 
@@ -16,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
+use mesh::config::routing::{waypoint_of, waypoint_of_workload};
 use mesh::config::{Snapshot, Workload};
 use mesh::drain::Drain;
 use mesh::hbone::HboneError;
@@ -112,6 +116,9 @@ fn resolve(
     if ctx.is_own_address(orig_dst) {
         return Err(ProxyError::SelfTarget(orig_dst));
     }
+    if let Some(route) = via_waypoint(ctx, snapshot, source, peer, orig_dst, record)? {
+        return Ok(Upstream::Hbone(route));
+    }
     let (upstream_addr, service) = resolve_vip(snapshot, orig_dst, record)?;
     record.upstream = Some(upstream_addr);
     let destination = snapshot.workload_by_ip(upstream_addr.ip());
@@ -142,6 +149,57 @@ fn resolve(
     // (hairpin through a service) cannot be its own source.
     let spoof = destination.is_some() && upstream_addr.ip() != peer.ip();
     Ok(Upstream::Plain { addr: upstream_addr, source: spoof.then_some(peer.ip()) })
+}
+
+/// The way through a waypoint, when one takes this traffic: a service VIP
+/// whose waypoint takes service traffic, or an enrolled pod whose waypoint
+/// takes workload traffic. The tunnel goes to one of the waypoint's pods,
+/// with the original destination as the authority.
+fn via_waypoint(
+    ctx: &ProxyContext,
+    snapshot: &Snapshot,
+    source: Option<&Workload>,
+    peer: SocketAddr,
+    orig_dst: SocketAddr,
+    record: &mut Record,
+) -> Result<Option<Box<HboneRoute>>, ProxyError> {
+    let target = snapshot.service_target(orig_dst.ip(), orig_dst.port());
+    let waypoint = match &target {
+        Some(target) => waypoint_of(snapshot.config(), target.service).filter(|w| w.takes_service_traffic()),
+        None => snapshot
+            .workload_by_ip(orig_dst.ip())
+            .filter(|w| snapshot.is_enrolled(w))
+            .and_then(|w| waypoint_of_workload(snapshot.config(), w))
+            .filter(|w| w.takes_workload_traffic()),
+    };
+    let Some(waypoint) = waypoint else { return Ok(None) };
+    let src = source.ok_or(ProxyError::UnknownSource(peer.ip()))?;
+    let pods: Vec<(&Workload, IpAddr)> = snapshot
+        .config()
+        .workloads
+        .iter()
+        .filter(|w| waypoint.has_pod(w))
+        .filter_map(|w| w.ips.iter().find(|ip| ip.is_ipv4() == orig_dst.is_ipv4()).map(|ip| (w, *ip)))
+        .collect();
+    let Some(&(pod, ip)) = pods.get(rand::random_range(0..pods.len().max(1))) else {
+        return Err(ProxyError::NoEndpoints { service: waypoint.hostname.clone() });
+    };
+    let service = target.map(|t| {
+        record.dst_service = Some(t.service.hostname());
+        service_labels(t.service)
+    });
+    let key = PoolKey {
+        src: src.identity(&ctx.trust_domain),
+        dst: pod.identity(&ctx.trust_domain),
+        src_ip: peer.ip(),
+        next_hop: hbone_dial::next_hop(ip),
+    };
+    record.upstream = Some(key.next_hop);
+    record.dst_workload = Some(pod.qualified_name());
+    record.dst_identity = Some(key.dst.clone());
+    record.open_metrics(labels(ctx, source, Some(pod), record, service, "mutual_tls"));
+    let peer_info = PeerInfo::of_workload(src, &ctx.cluster_id);
+    Ok(Some(Box::new(HboneRoute { key, authority: orig_dst, peer: peer_info })))
 }
 
 /// A service VIP's port becomes one of its endpoints, and the record names the

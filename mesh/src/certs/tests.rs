@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mesh::ca::{CaError, CaFuture, CertificateAuthority};
+use crate::ca::{CaError, CaFuture, CertificateAuthority};
 
 use super::*;
 

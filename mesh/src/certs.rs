@@ -1,5 +1,5 @@
-//! The certificate manager: one certificate per identity of the enrolled
-//! pods on this node. Certificates are fetched on first use and cached;
+//! The certificate manager: one certificate per identity a component
+//! serves (ztunnel: its node's enrolled pods; a waypoint: its own). Certificates are fetched on first use and cached;
 //! they are renewed at half their lifetime, with jittered exponential
 //! backoff when the CA fails. The backoff is the identity's, whoever asks:
 //! while it runs, connections that need the certificate fail at once
@@ -13,10 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use mesh::ca::{CaClient, CertificateRequest};
-use mesh::drain::Drain;
-use mesh::identity::Identity;
-use mesh::tls::{self, TrustBundle, WorkloadCertificate};
+use crate::ca::{CaClient, CertificateRequest};
+use crate::drain::Drain;
+use crate::identity::Identity;
+use crate::tls::{self, TrustBundle, WorkloadCertificate};
 use rand::Rng as _;
 use rustls::ServerConfig;
 use serde::Serialize;
@@ -101,7 +101,6 @@ impl CertManager {
     }
 
     /// Changes whenever a certificate is issued.
-    #[cfg(test)]
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.issued.subscribe()
     }

@@ -1,52 +1,57 @@
-//! The controller as config source: follow its config stream, apply each
-//! version, and when the stream breaks keep serving the last good config
-//! while reconnecting with jittered exponential backoff. A reconnect resumes
+//! The controller as config source, for ztunnel and the waypoint alike:
+//! follow its config stream as one identity, hand each valid version on,
+//! and when the stream breaks keep serving the last good config while
+//! reconnecting with jittered exponential backoff. A reconnect resumes
 //! from the version held, so the controller can answer with a delta.
 
 use std::time::Duration;
 
-use mesh::config::Snapshot;
-use mesh::control::client::UpdateStream;
-use mesh::control::{ConfigStream, ControlClient, ControlError, ztunnel_identity};
-use mesh::drain::Drain;
 use rand::Rng as _;
 use tracing::{info, warn};
 
-use crate::metrics::CONFIG_UPDATES;
-use crate::state::State;
+use super::client::UpdateStream;
+use super::{ConfigStream, ControlClient, ControlError};
+use crate::config::Snapshot;
+use crate::drain::Drain;
+use crate::identity::Identity;
+
+/// Config versions taken from the controller, by result (applied or rejected).
+pub const CONFIG_UPDATES: &str = "ambit_config_updates_total";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// The agent's own certificate, for the stream's mutual TLS; a fresh one per
-/// connection, so its lifetime only needs to cover the handshake.
+/// The follower's own certificate, for the stream's mutual TLS; a fresh one
+/// per connection, so its lifetime only needs to cover the handshake.
 const AGENT_CERT_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
-    #[error("cannot get the agent's own certificate: {0}")]
-    Certificate(#[from] mesh::ca::CaError),
+    #[error("cannot get our own certificate: {0}")]
+    Certificate(#[from] crate::ca::CaError),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
-    OutOfOrder(#[from] mesh::control::stream::OutOfOrder),
+    OutOfOrder(#[from] super::stream::OutOfOrder),
     #[error("the controller ended the config stream")]
     Ended,
 }
 
 #[derive(Debug)]
-pub struct ControllerSource {
+pub struct ConfigFollower {
     client: ControlClient,
+    /// Who we follow the stream as (the controller admits agents and waypoints).
+    identity: Identity,
     stream: ConfigStream,
     open: Option<UpdateStream>,
     failures: u32,
 }
 
-impl ControllerSource {
-    pub fn new(client: ControlClient) -> Self {
-        Self { client, stream: ConfigStream::default(), open: None, failures: 0 }
+impl ConfigFollower {
+    pub fn new(client: ControlClient, identity: Identity) -> Self {
+        Self { client, identity, stream: ConfigStream::default(), open: None, failures: 0 }
     }
 
-    /// Waits (retrying) for the first config; ztunnel cannot route without one.
+    /// Waits (retrying) for the first config; nothing can route without one.
     pub async fn first(&mut self) -> Snapshot {
         loop {
             match self.next_snapshot().await {
@@ -57,8 +62,9 @@ impl ControllerSource {
         }
     }
 
-    /// Applies every later version to `state` until drained.
-    pub async fn follow(mut self, state: State, drain: Drain) {
+    /// Hands every later valid version to `apply` until drained; `apply`
+    /// returns the version number it gave it, for the log.
+    pub async fn follow(mut self, drain: Drain, mut apply: impl FnMut(Snapshot) -> u64) {
         loop {
             let next = tokio::select! {
                 () = drain.signaled() => return,
@@ -69,7 +75,7 @@ impl ControllerSource {
                     let config = snapshot.config();
                     let (workloads, routes, waypoints) =
                         (config.workloads.len(), config.http_routes.len(), config.waypoints.len());
-                    let version = state.apply(snapshot);
+                    let version = apply(snapshot);
                     metrics::counter!(CONFIG_UPDATES, "result" => "applied").increment(1);
                     info!(version, workloads, routes, waypoints, "config applied");
                 }
@@ -88,8 +94,7 @@ impl ControllerSource {
     /// `None` when the controller's config was one we refuse (kept last good).
     async fn next_snapshot(&mut self) -> Result<Option<Snapshot>, FollowError> {
         if self.open.is_none() {
-            let identity = ztunnel_identity(self.client.trust().trust_domain());
-            let cert = self.client.certificate(&identity, AGENT_CERT_TTL).await?;
+            let cert = self.client.certificate(&self.identity, AGENT_CERT_TTL).await?;
             let since = self.stream.resume_from();
             self.open = Some(self.client.config_stream(&cert, since.as_ref()).await?);
             info!(resume_from = since.map(|s| s.to_query()), "following the controller's config");

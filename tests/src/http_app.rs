@@ -1,0 +1,157 @@
+//! An HTTP app for the L7 tests, bookinfo-style: every answer says which
+//! pod (`server`) and version answered, and what it received. It speaks
+//! HTTP/1.1 and HTTP/2 (prior knowledge). Behaviour is set per request:
+//!
+//! * `x-delay-ms: N`: answer after N ms;
+//! * `x-fail-every: N`: every N-th request this pod gets is a 503;
+//! * `x-status: S`: answer with status S.
+//!
+//! The body echoes the request: `{"server","version","method","path",
+//! "body_len","body_sha256","headers":{…}}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::task::JoinHandle;
+
+use crate::netns::Netns;
+
+/// What the app answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub server: String,
+    pub version: String,
+    pub method: String,
+    pub path: String,
+    pub body_len: usize,
+    pub body_sha256: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A running app; stops when dropped.
+#[derive(Debug)]
+pub struct HttpApp {
+    task: JoinHandle<()>,
+    requests: Arc<AtomicU64>,
+}
+
+impl HttpApp {
+    pub fn start(netns: &Netns, addr: SocketAddr, server: &str, version: &str) -> anyhow::Result<Self> {
+        let listener = netns.listen(addr)?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let identity = Arc::new((server.to_owned(), version.to_owned()));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (identity, counter) = (identity.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(identity.clone(), counter.clone(), request));
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Ok(Self { task, requests })
+    }
+
+    /// Requests this pod has received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    identity: Arc<(String, String)>,
+    counter: Arc<AtomicU64>,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let nth = counter.fetch_add(1, Ordering::SeqCst) + 1;
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let (delay, fail_every, status) = (header("x-delay-ms"), header("x-fail-every"), header("x-status"));
+    let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let failing = fail_every.is_some_and(|n| n > 0 && nth % n == 0);
+    let code = if failing { 503 } else { status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200) };
+    let answer = Answer {
+        server: identity.0.clone(),
+        version: identity.1.clone(),
+        method,
+        path,
+        body_len: body.len(),
+        body_sha256: Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect(),
+        headers,
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())));
+    *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
+    Ok(response)
+}
+
+/// An HTTP/1.1 client on one keep-alive connection, opened from a pod.
+#[derive(Debug)]
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+/// What one request got back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    /// Parsed when the app answered; `None` for the waypoint's own answers.
+    pub answer: Option<Answer>,
+    pub body: String,
+}
+
+impl Client {
+    pub async fn connect(netns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = netns.connect(addr).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self { sender, authority: addr.to_string() })
+    }
+
+    /// Sends one request: `method` `path` with `headers` and `body`.
+    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Reply> {
+        let mut request = http::Request::builder().method(method).uri(path).header(http::header::HOST, &self.authority);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::copy_from_slice(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(Reply { status, headers, answer: serde_json::from_str(&body).ok(), body })
+    }
+
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+        self.send("GET", path, headers, b"").await
+    }
+}
