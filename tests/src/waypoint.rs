@@ -7,7 +7,8 @@
 //! | node2 | `reviews-v2`, `waypoint` (not captured, sa `waypoint`)              |
 //!
 //! Service `reviews` ([`REVIEWS_VIP`]:[`REVIEWS_PORT`]) selects both
-//! reviews pods, which run an [`HttpApp`] on [`APP_PORT`] answering with
+//! reviews pods (and `reviews-v1`, `reviews-v2` one each, for HTTPRoute
+//! backends), which run an [`HttpApp`] on [`APP_PORT`] answering with
 //! their version. The waypoint Gateway is applied as YAML, and so is every
 //! route and policy a test adds ([`L7Bed::apply`]).
 
@@ -77,6 +78,11 @@ impl L7Bed {
         let waypoint_labels = [(GATEWAY_NAME_LABEL, "waypoint"), (DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE)];
         cluster.add_pod(1, pod("waypoint", "waypoint", &waypoint_labels))?;
         cluster.add_service("reviews", SHOP, REVIEWS_VIP, REVIEWS_PORT, APP_PORT, labels(&[("app", "reviews")]))?;
+        for (index, version) in [(21, "v1"), (22, "v2")] {
+            let vip = Ipv4Addr::new(10, 96, 0, index);
+            let selector = labels(&[("app", "reviews"), ("version", version)]);
+            cluster.add_service(&format!("reviews-{version}"), SHOP, vip, REVIEWS_PORT, APP_PORT, selector)?;
+        }
         cluster.add_service("waypoint", SHOP, WAYPOINT_VIP, 15008, 15008, labels(&[(GATEWAY_NAME_LABEL, "waypoint")]))?;
         cluster.extra_objects.push(gateway_yaml(waypoint_for));
         cluster.start_controller().await?;

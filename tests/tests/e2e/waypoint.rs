@@ -110,3 +110,153 @@ async fn canary_split_follows_the_yaml() {
 fn tokio_util_stop() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
+
+fn virtual_service(http: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: {SHOP}}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+}
+
+/// Istio's request-routing task: `end-user: jason` goes to v2, everyone
+/// else to v1; then the same with a Gateway API HTTPRoute (GAMMA).
+#[tokio::test]
+async fn header_match_routes_one_user_to_v2() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    bed.apply("dr.yaml", SUBSETS).await.unwrap();
+    let rules = "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
+    bed.apply("vs.yaml", &virtual_service(rules)).await.unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    assert_eq!(versions(&mut client, 50, &[("end-user", "jason")]).await, [("v2".to_owned(), 50)].into());
+    assert_eq!(versions(&mut client, 50, &[("end-user", "bob")]).await, [("v1".to_owned(), 50)].into());
+    assert_eq!(versions(&mut client, 50, &[]).await, [("v1".to_owned(), 50)].into());
+
+    bed.apply("vs.yaml", "").await.unwrap();
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: reviews, namespace: {SHOP}}}\nspec:
+  parentRefs: [{{group: '', kind: Service, name: reviews, port: 9080}}]
+  rules:
+  - matches: [{{headers: [{{name: end-user, value: jason}}]}}]
+    backendRefs: [{{name: reviews-v2, port: 9080}}]
+  - backendRefs: [{{name: reviews-v1, port: 9080}}]
+"
+    );
+    bed.apply("route.yaml", &route).await.unwrap();
+    assert_eq!(versions(&mut client, 50, &[("end-user", "jason")]).await, [("v2".to_owned(), 50)].into());
+    assert_eq!(versions(&mut client, 50, &[]).await, [("v1".to_owned(), 50)].into());
+}
+
+/// A backend that fails every other request with 503: with `attempts: 3`
+/// at least 99% succeed, and a POST's body arrives intact on the retry.
+/// Without retries configured, Istio's default (2 on 503) applies too.
+#[tokio::test]
+async fn retries_absorb_a_flaky_backend() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    bed.apply("dr.yaml", SUBSETS).await.unwrap();
+    let rules = "  - route:\n    - destination: {host: reviews, subset: v1}\n    retries: {attempts: 3, retryOn: 5xx}\n";
+    bed.apply("vs.yaml", &virtual_service(rules)).await.unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    let body = vec![b'x'; 10_000];
+    let mut ok = 0;
+    for _ in 0..200 {
+        let reply = client.send("POST", "/reviews", &[("x-fail-every", "2")], &body).await.unwrap();
+        if reply.status == 200 {
+            ok += 1;
+            let answer = reply.answer.unwrap();
+            assert_eq!(answer.body_len, body.len(), "the retried body arrived whole");
+        }
+    }
+    assert!(ok >= 198, "{ok} of 200 succeeded");
+    let app = &bed.apps["reviews-v1"];
+    assert!(app.requests() >= 300, "retries reached the backend: {} requests", app.requests());
+    let metrics = bed.waypoint_metrics().await.unwrap();
+    assert_eq!(metrics.sum("istio_requests_total", &[("response_code", "200")]).unwrap(), f64::from(ok));
+}
+
+/// Istio's fault-injection task: an abort of 50% with 500 over 1,000
+/// requests gives 50 ± 5%; a 1 s delay at 100% adds at least 1 s.
+#[tokio::test]
+async fn faults_abort_and_delay_their_share() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    let abort = "  - fault:\n      abort: {percentage: {value: 50}, httpStatus: 500}\n    route:\n    - destination: {host: reviews}\n";
+    bed.apply("vs.yaml", &virtual_service(abort)).await.unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    let seen = versions(&mut client, 1000, &[]).await;
+    let aborted = *seen.get("status:500").unwrap_or(&0);
+    assert!((450..=550).contains(&aborted), "{seen:?}");
+    let metrics = bed.waypoint_metrics().await.unwrap();
+    let fi = metrics.sum("istio_requests_total", &[("response_code", "500"), ("response_flags", "FI")]).unwrap();
+    assert_eq!(fi, aborted as f64);
+
+    let delay = "  - fault:\n      delay: {percentage: {value: 100}, fixedDelay: 1s}\n    route:\n    - destination: {host: reviews}\n";
+    bed.apply("vs.yaml", &virtual_service(delay)).await.unwrap();
+    let started = std::time::Instant::now();
+    let reply = client.get("/reviews", &[]).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+/// Istio's request-timeouts task: a backend slower than the route's 0.5 s
+/// timeout gets 504 with flag UT, and others on the same route are unharmed.
+#[tokio::test]
+async fn a_route_timeout_answers_504() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    let rules = "  - route:\n    - destination: {host: reviews}\n    timeout: 0.5s\n";
+    bed.apply("vs.yaml", &virtual_service(rules)).await.unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    let started = std::time::Instant::now();
+    let slow = client.get("/reviews", &[("x-delay-ms", "3000")]).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!((slow.status, slow.body.as_str()), (504, "upstream request timeout"));
+    assert!(took < std::time::Duration::from_millis(2900), "answered at the timeout, not the backend's pace: {took:?}");
+    let fast = client.get("/reviews", &[]).await.unwrap();
+    assert_eq!(fast.status, 200);
+    let metrics = bed.waypoint_metrics().await.unwrap();
+    assert_eq!(metrics.sum("istio_requests_total", &[("response_code", "504"), ("response_flags", "UT")]).unwrap(), 1.0);
+}
+
+/// L7 authorization bound to the waypoint: GET allowed, POST denied with
+/// Envoy's 403, and a principal outside the list denied.
+#[tokio::test]
+async fn l7_policy_on_the_waypoint() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    let policy = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: reviews-viewer, namespace: {SHOP}}}\nspec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/{SHOP}/sa/client]}}}}]
+    to: [{{operation: {{methods: [GET], paths: [/status*, /reviews]}}}}]
+"
+    );
+    bed.apply("policy.yaml", &policy).await.unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    assert_eq!(client.get("/status/1", &[]).await.unwrap().status, 200);
+    let post = client.send("POST", "/reviews", &[], b"{}").await.unwrap();
+    assert_eq!((post.status, post.body.as_str()), (403, "RBAC: access denied"));
+    let mut stranger = bed.client("stranger").await.unwrap();
+    assert_eq!(stranger.get("/reviews", &[]).await.unwrap().status, 403);
+    let metrics = bed.waypoint_metrics().await.unwrap();
+    assert_eq!(metrics.sum("istio_requests_total", &[("response_code", "403"), ("response_flags", "RBAC")]).unwrap(), 2.0);
+}
+
+/// The controller goes away: the waypoint keeps routing with its last
+/// config (the canary split it had).
+#[tokio::test]
+async fn the_waypoint_keeps_its_config_without_the_controller() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    bed.apply("dr.yaml", SUBSETS).await.unwrap();
+    bed.apply("vs.yaml", &split(0, 100)).await.unwrap();
+    bed.cluster.control().kill().await.unwrap();
+    bed.waypoint()
+        .wait_for_log("the stream's loss", std::time::Duration::from_secs(30), |r| {
+            r["message"] == "controller unreachable; serving the last good config"
+        })
+        .await
+        .unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    assert_eq!(versions(&mut client, 50, &[]).await, [("v2".to_owned(), 50)].into());
+}
