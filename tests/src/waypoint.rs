@@ -25,6 +25,7 @@ use crate::control_plane::CONTROL_ADDR;
 use crate::http::Metrics;
 use crate::http_app::{Client, HttpApp};
 use crate::process::Process;
+use crate::sample::Server;
 use crate::topology::labels;
 use crate::ztunnel::binary;
 
@@ -32,6 +33,10 @@ pub const SHOP: &str = "shop";
 pub const APP_PORT: u16 = 8080;
 pub const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 pub const REVIEWS_PORT: u16 = 9080;
+/// The reviews Service's second port, for opaque TCP: a sample
+/// [`Server`] on [`TCP_APP_PORT`] in each reviews pod.
+pub const REVIEWS_TCP_PORT: u16 = 9090;
+pub const TCP_APP_PORT: u16 = 7070;
 pub const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 const WAIT: Duration = Duration::from_secs(30);
@@ -50,6 +55,7 @@ pub struct L7Bed {
     // Drop order: the waypoint, the apps, then the cluster.
     pub waypoint: Option<Process>,
     pub apps: HashMap<String, HttpApp>,
+    pub servers: HashMap<String, Server>,
     pub cluster: Cluster,
     /// Config versions the waypoint has applied (its own count).
     applied: u64,
@@ -78,6 +84,10 @@ impl L7Bed {
         let waypoint_labels = [(GATEWAY_NAME_LABEL, "waypoint"), (DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE)];
         cluster.add_pod(1, pod("waypoint", "waypoint", &waypoint_labels))?;
         cluster.add_service("reviews", SHOP, REVIEWS_VIP, REVIEWS_PORT, APP_PORT, labels(&[("app", "reviews")]))?;
+        if let Some(reviews) = cluster.config_mut().services.iter_mut().find(|s| s.name == "reviews") {
+            let port = mesh::config::ServicePort { port: REVIEWS_TCP_PORT, target_port: Some(TCP_APP_PORT), name: None };
+            reviews.ports.push(port);
+        }
         for (index, version) in [(21, "v1"), (22, "v2")] {
             let vip = Ipv4Addr::new(10, 96, 0, index);
             let selector = labels(&[("app", "reviews"), ("version", version)]);
@@ -86,13 +96,14 @@ impl L7Bed {
         cluster.add_service("waypoint", SHOP, WAYPOINT_VIP, 15008, 15008, labels(&[(GATEWAY_NAME_LABEL, "waypoint")]))?;
         cluster.extra_objects.push(gateway_yaml(waypoint_for));
         cluster.start_controller().await?;
-        let mut apps = HashMap::new();
+        let (mut apps, mut servers) = (HashMap::new(), HashMap::new());
         for (name, version) in [("reviews-v1", "v1"), ("reviews-v2", "v2")] {
             let pod = cluster.pod(name);
             apps.insert(name.to_owned(), HttpApp::start(&pod.netns, pod.addr(APP_PORT), name, version)?);
+            servers.insert(name.to_owned(), Server::start(&pod.netns, name, pod.addr(TCP_APP_PORT))?);
         }
         cluster.start_all_ztunnels().await?;
-        let mut bed = Self { waypoint: None, apps, cluster, applied: 0 };
+        let mut bed = Self { waypoint: None, apps, servers, cluster, applied: 0 };
         bed.start_waypoint().await?;
         Ok(bed)
     }
@@ -136,6 +147,10 @@ impl L7Bed {
             .await?;
         self.applied = next;
         Ok(())
+    }
+
+    pub fn reviews_tcp_addr() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(REVIEWS_VIP), REVIEWS_TCP_PORT)
     }
 
     pub fn reviews_addr() -> SocketAddr {

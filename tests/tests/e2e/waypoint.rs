@@ -5,9 +5,14 @@
 
 use std::collections::HashMap;
 
+use ambit_tests::hbone_client::{self, connect_status, h2, issue_valid};
 use ambit_tests::http_app::Client;
 use ambit_tests::require_root;
+use ambit_tests::sample::exchange;
 use ambit_tests::waypoint::{L7Bed, SHOP};
+use mesh::identity::Identity;
+
+use crate::support::WAIT;
 
 /// Sends `count` GETs and counts the answers by version (or by status for
 /// the waypoint's own answers: `status:503`).
@@ -259,4 +264,68 @@ async fn the_waypoint_keeps_its_config_without_the_controller() {
         .unwrap();
     let mut client = bed.client("client").await.unwrap();
     assert_eq!(versions(&mut client, 50, &[]).await, [("v2".to_owned(), 50)].into());
+}
+
+/// Something that is not HTTP (the sample protocol: JSON lines, bulk both
+/// ways) through the waypoint still works, byte for byte; the pod sees the
+/// original client's address (the waypoint carries it in `forwarded`, and
+/// the destination believes it from the waypoint only); and the waypoint's
+/// L4 policy applies: a DENY for one principal stops its connections.
+#[tokio::test]
+async fn opaque_tcp_through_the_waypoint_gets_l4_policy() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    let client = bed.cluster.pod("client");
+    let done = exchange(&client.netns, "client", L7Bed::reviews_tcp_addr(), 256 * 1024, 256 * 1024).await.unwrap();
+    assert_eq!((done.uploaded, done.downloaded), (256 * 1024, 256 * 1024));
+    assert_eq!(done.hello.peer.ip(), std::net::IpAddr::V4(client.ip), "the pod sees the original client");
+    let line = bed
+        .waypoint()
+        .wait_for_log("the connection's access line", WAIT, |r| r["target"] == "access" && r["protocol"] == "tcp")
+        .await
+        .unwrap();
+    assert_eq!(line["response_flags"], "-", "{line}");
+
+    let deny = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-strangers, namespace: {SHOP}}}\nspec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: DENY
+  rules: [{{from: [{{source: {{principals: [cluster.local/ns/{SHOP}/sa/stranger]}}}}]}}]
+"
+    );
+    bed.apply("deny.yaml", &deny).await.unwrap();
+    let stranger = bed.cluster.pod("stranger");
+    assert!(exchange(&stranger.netns, "stranger", L7Bed::reviews_tcp_addr(), 1024, 1024).await.is_err());
+    let client = bed.cluster.pod("client");
+    exchange(&client.netns, "client", L7Bed::reviews_tcp_addr(), 1024, 1024).await.unwrap();
+}
+
+/// Istio's rule for a waypoint that takes workload traffic: a pod's
+/// traffic through the mesh goes through the waypoint, and a tunnel that
+/// skips it (a valid mesh certificate, straight to the pod's node) is
+/// refused with 401. With a waypoint for services only, the same tunnel is
+/// accepted.
+#[tokio::test]
+async fn skipping_a_workload_waypoint_is_refused() {
+    require_root();
+    for (waypoint_for, expected) in [("all", http::StatusCode::UNAUTHORIZED), ("service", http::StatusCode::OK)] {
+        let bed = L7Bed::start(waypoint_for).await.unwrap();
+        let target = bed.cluster.pod("reviews-v2");
+        let roots = bed.cluster.ca().root_pem().to_owned();
+        let identity = Identity::new("cluster.local", SHOP, "client");
+        let cert = issue_valid(bed.cluster.ca(), &identity).unwrap();
+        let server = Identity::new("cluster.local", SHOP, "reviews");
+        let hop = target.addr(15008);
+        let tls = hbone_client::connect(&bed.cluster.nodes[0].netns, hop, &cert, &roots, server).await.unwrap();
+        let mut send = h2(tls).await.unwrap();
+        let status = connect_status(&mut send, &target.addr(8080).to_string()).await.unwrap();
+        assert_eq!(status, expected, "waypoint for {waypoint_for}");
+        if waypoint_for == "all" {
+            // Through the mesh, the pod is reached by way of the waypoint.
+            let mut client = Client::connect(&bed.cluster.pod("client").netns, target.addr(8080)).await.unwrap();
+            assert_eq!(client.get("/direct", &[]).await.unwrap().status, 200);
+            let metrics = bed.waypoint_metrics().await.unwrap();
+            assert_eq!(metrics.sum("istio_requests_total", &[("destination_workload", "reviews-v2")]).unwrap(), 1.0);
+        }
+    }
 }
