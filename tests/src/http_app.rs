@@ -82,7 +82,8 @@ async fn answer(
     request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let nth = counter.fetch_add(1, Ordering::SeqCst) + 1;
-    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let header =
+        |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (delay, fail_every, status) = (header("x-delay-ms"), header("x-fail-every"), header("x-status"));
     let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
     let headers = request
@@ -94,7 +95,7 @@ async fn answer(
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let failing = fail_every.is_some_and(|n| n > 0 && nth % n == 0);
+    let failing = fail_every.is_some_and(|n| n > 0 && nth.is_multiple_of(n));
     let code = if failing { 503 } else { status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200) };
     let answer = Answer {
         server: identity.0.clone(),
@@ -136,7 +137,13 @@ impl Client {
     }
 
     /// Sends one request: `method` `path` with `headers` and `body`.
-    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<Reply> {
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Reply> {
         let mut request = http::Request::builder().method(method).uri(path).header(http::header::HOST, &self.authority);
         for (name, value) in headers {
             request = request.header(*name, *value);

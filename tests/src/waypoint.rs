@@ -85,7 +85,8 @@ impl L7Bed {
         cluster.add_pod(1, pod("waypoint", "waypoint", &waypoint_labels))?;
         cluster.add_service("reviews", SHOP, REVIEWS_VIP, REVIEWS_PORT, APP_PORT, labels(&[("app", "reviews")]))?;
         if let Some(reviews) = cluster.config_mut().services.iter_mut().find(|s| s.name == "reviews") {
-            let port = mesh::config::ServicePort { port: REVIEWS_TCP_PORT, target_port: Some(TCP_APP_PORT), name: None };
+            let port =
+                mesh::config::ServicePort { port: REVIEWS_TCP_PORT, target_port: Some(TCP_APP_PORT), name: None };
             reviews.ports.push(port);
         }
         for (index, version) in [(21, "v1"), (22, "v2")] {
@@ -93,7 +94,14 @@ impl L7Bed {
             let selector = labels(&[("app", "reviews"), ("version", version)]);
             cluster.add_service(&format!("reviews-{version}"), SHOP, vip, REVIEWS_PORT, APP_PORT, selector)?;
         }
-        cluster.add_service("waypoint", SHOP, WAYPOINT_VIP, 15008, 15008, labels(&[(GATEWAY_NAME_LABEL, "waypoint")]))?;
+        cluster.add_service(
+            "waypoint",
+            SHOP,
+            WAYPOINT_VIP,
+            15008,
+            15008,
+            labels(&[(GATEWAY_NAME_LABEL, "waypoint")]),
+        )?;
         cluster.extra_objects.push(gateway_yaml(waypoint_for));
         cluster.start_controller().await?;
         let (mut apps, mut servers) = (HashMap::new(), HashMap::new());

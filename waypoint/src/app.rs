@@ -30,12 +30,18 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     let roots_pem = read(&settings.ca_cert)?;
     let trust = TrustBundle::from_pem(&settings.trust_domain, &roots_pem)?;
     let identity = Identity::new(&settings.trust_domain, &settings.namespace, settings.service_account());
-    let client = ControlClient::new(settings.controller.clone(), trust.clone(), read(&settings.credential)?, settings.node.clone());
+    let client = ControlClient::new(
+        settings.controller.clone(),
+        trust.clone(),
+        read(&settings.credential)?,
+        settings.node.clone(),
+    );
     let ca: Arc<dyn CaClient> = Arc::new(RemoteCa::new(client.clone(), roots_pem));
     let certs = CertManager::new(ca, trust, settings.cert_ttl);
     let state = State::default();
     let gateway = (settings.namespace.clone(), settings.gateway.clone());
-    let proxy_settings = proxy::Settings { cluster_id: settings.cluster_id.clone(), connect_timeout: settings.connect_timeout };
+    let proxy_settings =
+        proxy::Settings { cluster_id: settings.cluster_id.clone(), connect_timeout: settings.connect_timeout };
     let ctx = Arc::new(Context::new(state.clone(), certs.clone(), identity.clone(), gateway, proxy_settings));
 
     let hbone = Hbone::new(settings.hbone_addr, ctx.clone())?;

@@ -75,9 +75,11 @@ fn path_prefix_matches(prefix: &str, path: &str) -> bool {
 
 fn compile_regexes(routes: &[HttpRoutes]) -> HashMap<String, regex::Regex> {
     let mut regexes = HashMap::new();
-    let patterns = routes.iter().flat_map(|r| &r.rules).flat_map(|rule| &rule.matches).flat_map(|m| {
-        m.path.iter().chain(&m.method).chain(m.headers.values()).chain(m.query_params.values())
-    });
+    let patterns = routes
+        .iter()
+        .flat_map(|r| &r.rules)
+        .flat_map(|rule| &rule.matches)
+        .flat_map(|m| m.path.iter().chain(&m.method).chain(m.headers.values()).chain(m.query_params.values()));
     for pattern in patterns {
         if let StringMatch::Regex(text) = pattern
             && let Ok(re) = full_match_regex(text)

@@ -9,9 +9,9 @@ use mesh::http_server::{self, HttpServer, Request, Response};
 use serde::Serialize;
 
 use crate::capture::CaptureStatus;
-use mesh::certs::{CertManager, CertStatus};
 use crate::state::State;
 use crate::telemetry::LogLevelHandle;
+use mesh::certs::{CertManager, CertStatus};
 
 #[derive(Clone, Debug)]
 pub struct Admin {

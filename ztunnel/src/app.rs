@@ -22,7 +22,6 @@ use crate::capture::{Capture, CaptureStatus};
 use crate::cli::Settings;
 use crate::cni::server::CniServer;
 use crate::config_file::{self, ConfigWatcher};
-use mesh::certs::CertManager;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::inbound_plain::InboundPlain;
 use crate::proxy::outbound::Outbound;
@@ -31,6 +30,7 @@ use crate::readiness::Readiness;
 use crate::state::State;
 use crate::sync::Syncer;
 use crate::telemetry::LogLevelHandle;
+use mesh::certs::CertManager;
 
 pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Result<()> {
     info!(settings = %serde_json::to_string(&settings)?, "starting ztunnel");
@@ -61,7 +61,9 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     drain.spawn(pool.run_reaper(drain.clone()));
     match source.follow {
         Follow::File(watcher) => drain.spawn(watcher.run(state, drain.clone())),
-        Follow::Controller(controller) => drain.spawn(controller.follow(drain.clone(), move |snapshot| state.apply(snapshot))),
+        Follow::Controller(controller) => {
+            drain.spawn(controller.follow(drain.clone(), move |snapshot| state.apply(snapshot)))
+        }
     };
     if let (Some(bin_dir), Some(conf_dir)) = (&settings.cni_bin_dir, &settings.cni_conf_dir) {
         crate::cni::install::install_binary(bin_dir)?;

@@ -183,7 +183,10 @@ fn l7_when(c: &Condition) -> Result<Matcher, String> {
     let header = c.key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'));
     match header {
         Some(name) => Ok(Matcher {
-            headers: vec![(name.to_ascii_lowercase(), Field { any_of: strings(&c.values), none_of: strings(&c.not_values) })],
+            headers: vec![(
+                name.to_ascii_lowercase(),
+                Field { any_of: strings(&c.values), none_of: strings(&c.not_values) },
+            )],
             ..Default::default()
         }),
         None => when(c),

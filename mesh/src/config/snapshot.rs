@@ -121,10 +121,7 @@ impl Snapshot {
 
     /// Whether `identity` is what the pods of `waypoint` run as.
     pub fn is_waypoint_identity(&self, waypoint: &Waypoint, identity: &Identity) -> bool {
-        self.config
-            .workloads
-            .iter()
-            .any(|w| waypoint.has_pod(w) && w.identity(&identity.trust_domain) == *identity)
+        self.config.workloads.iter().any(|w| waypoint.has_pod(w) && w.identity(&identity.trust_domain) == *identity)
     }
 
     /// The service behind `vip:port`, or `None` if `vip` is not a service

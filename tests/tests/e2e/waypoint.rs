@@ -71,7 +71,12 @@ async fn service_traffic_goes_through_the_waypoint() {
     let ok = [("reporter", "waypoint"), ("response_code", "200"), ("source_workload", "client")];
     assert_eq!(metrics.sum("istio_requests_total", &ok).unwrap(), 40.0, "{}", metrics.text());
     let access = bed.waypoint().access_logs();
-    assert!(access.iter().any(|r| r["status"] == 200 && r["src.identity"].as_str().is_some_and(|i| i.ends_with("/sa/client"))), "{access:?}");
+    assert!(
+        access
+            .iter()
+            .any(|r| r["status"] == 200 && r["src.identity"].as_str().is_some_and(|i| i.ends_with("/sa/client"))),
+        "{access:?}"
+    );
 }
 
 /// Canary by editing YAML: 90/10, then 50/50, then 0/100, each within
@@ -117,7 +122,9 @@ fn tokio_util_stop() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 }
 
 fn virtual_service(http: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: {SHOP}}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: {SHOP}}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
 }
 
 /// Istio's request-routing task: `end-user: jason` goes to v2, everyone
@@ -157,7 +164,8 @@ async fn retries_absorb_a_flaky_backend() {
     require_root();
     let mut bed = L7Bed::start("service").await.unwrap();
     bed.apply("dr.yaml", SUBSETS).await.unwrap();
-    let rules = "  - route:\n    - destination: {host: reviews, subset: v1}\n    retries: {attempts: 3, retryOn: 5xx}\n";
+    let rules =
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n    retries: {attempts: 3, retryOn: 5xx}\n";
     bed.apply("vs.yaml", &virtual_service(rules)).await.unwrap();
     let mut client = bed.client("client").await.unwrap();
     let body = vec![b'x'; 10_000];
@@ -218,7 +226,10 @@ async fn a_route_timeout_answers_504() {
     let fast = client.get("/reviews", &[]).await.unwrap();
     assert_eq!(fast.status, 200);
     let metrics = bed.waypoint_metrics().await.unwrap();
-    assert_eq!(metrics.sum("istio_requests_total", &[("response_code", "504"), ("response_flags", "UT")]).unwrap(), 1.0);
+    assert_eq!(
+        metrics.sum("istio_requests_total", &[("response_code", "504"), ("response_flags", "UT")]).unwrap(),
+        1.0
+    );
 }
 
 /// L7 authorization bound to the waypoint: GET allowed, POST denied with
@@ -244,7 +255,10 @@ async fn l7_policy_on_the_waypoint() {
     let mut stranger = bed.client("stranger").await.unwrap();
     assert_eq!(stranger.get("/reviews", &[]).await.unwrap().status, 403);
     let metrics = bed.waypoint_metrics().await.unwrap();
-    assert_eq!(metrics.sum("istio_requests_total", &[("response_code", "403"), ("response_flags", "RBAC")]).unwrap(), 2.0);
+    assert_eq!(
+        metrics.sum("istio_requests_total", &[("response_code", "403"), ("response_flags", "RBAC")]).unwrap(),
+        2.0
+    );
 }
 
 /// The controller goes away: the waypoint keeps routing with its last

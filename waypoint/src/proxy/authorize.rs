@@ -16,9 +16,7 @@ use crate::state::RouteTable;
 /// alone when `parts` is `None`.
 pub fn check(table: &RouteTable, ctx: &Context, downstream: &Downstream, parts: Option<&Parts>) -> Result<(), Failure> {
     let (dst_ip, dst_port, service) = match &downstream.target {
-        Target::Service { name, namespace, port, .. } => {
-            (None, *port, Some((namespace.as_str(), name.as_str())))
-        }
+        Target::Service { name, namespace, port, .. } => (None, *port, Some((namespace.as_str(), name.as_str()))),
         Target::Workload { addr } => (Some(addr.ip()), addr.port(), None),
     };
     let connection = ConnectionInfo {
@@ -28,7 +26,10 @@ pub fn check(table: &RouteTable, ctx: &Context, downstream: &Downstream, parts: 
         dst_port,
     };
     let host = parts.map(|p| {
-        p.uri.authority().map(|a| a.as_str()).or_else(|| p.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        p.uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| p.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
     });
     let request = parts.map(|p| RequestInfo {
         method: p.method.as_str(),

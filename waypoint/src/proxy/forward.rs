@@ -70,7 +70,8 @@ impl RetryOn {
 
     /// Istio's default `retryOn`, with 503 as its retriable status code.
     fn istio_default() -> Self {
-        let mut on = Self::parse(&["connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()]);
+        let mut on =
+            Self::parse(&["connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into()]);
         on.status_codes.push(503);
         on
     }
@@ -138,7 +139,7 @@ enum AttemptFailure {
 impl AttemptFailure {
     fn into_failure(self) -> Failure {
         match self {
-            Self::Connect { reason, .. } => Failure::ConnectFailure(reason),
+            Self::Connect { reason, .. } => Failure::UpstreamConnect(reason),
             Self::Refused => Failure::UpstreamReset("refused stream".into()),
             Self::Reset(reason) => Failure::UpstreamReset(reason),
             Self::Timeout => Failure::Timeout,
@@ -235,7 +236,9 @@ impl Forward<'_> {
             exchange.endpoint = Some(endpoint.addr);
             exchange.destination = Some(endpoint.peer.clone());
             exchange.attempts = attempt + 1;
-            let Some(request_body) = body.take() else { return Err(Failure::UpstreamReset("body already sent".into())) };
+            let Some(request_body) = body.take() else {
+                return Err(Failure::UpstreamReset("body already sent".into()));
+            };
             let request = Request::from_parts(clone_parts(&parts), request_body);
             let last = attempt >= self.plan.retries || !body.replayable();
             let outcome = self.attempt(&endpoint, request).await;
@@ -270,7 +273,8 @@ async fn send_once(
     protocol: Protocol,
     request: Request<Body>,
 ) -> Result<Response<Incoming>, AttemptFailure> {
-    let connect_failure = |e: super::upstream::ConnectError| AttemptFailure::Connect { reason: e.reason, denied: e.denied };
+    let connect_failure =
+        |e: super::upstream::ConnectError| AttemptFailure::Connect { reason: e.reason, denied: e.denied };
     if protocol == Protocol::Http2 {
         let mut sender = ctx.upstreams.http2(endpoint, client).await.map_err(connect_failure)?;
         sender.ready().await.map_err(|e| AttemptFailure::Reset(e.to_string()))?;

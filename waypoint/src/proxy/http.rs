@@ -78,10 +78,7 @@ async fn handle(
     let table = ctx.state.current();
     let client_upgrade = request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let source = table
-        .snapshot
-        .workload_by_ip(downstream.client_ip)
-        .map(|w| Peer::of(w, &downstream.identity));
+    let source = table.snapshot.workload_by_ip(downstream.client_ip).map(|w| Peer::of(w, &downstream.identity));
     let mut exchange = Box::new(Exchange::new(downstream.clone(), source, &parts, ctx.cluster_id.clone()));
     let result = async {
         authorize::check(&table, &ctx, &downstream, Some(&parts))?;

@@ -65,8 +65,16 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(downstream: Arc<Downstream>, source: Option<Peer>, request: &http::request::Parts, cluster: Arc<str>) -> Self {
-        let grpc = request.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    pub fn new(
+        downstream: Arc<Downstream>,
+        source: Option<Peer>,
+        request: &http::request::Parts,
+        cluster: Arc<str>,
+    ) -> Self {
+        let grpc = request
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         Self {
             start: Instant::now(),
             downstream,

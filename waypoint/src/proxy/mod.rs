@@ -60,7 +60,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(state: State, certs: CertManager, identity: Identity, gateway: (String, String), settings: Settings) -> Self {
+    pub fn new(
+        state: State,
+        certs: CertManager,
+        identity: Identity,
+        gateway: (String, String),
+        settings: Settings,
+    ) -> Self {
         let upstreams = upstream::Upstreams::new(certs.clone(), identity.clone(), settings.connect_timeout);
         Self {
             state,

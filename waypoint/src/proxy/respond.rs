@@ -19,7 +19,7 @@ pub enum Failure {
     #[error("the destination has no healthy endpoint")]
     NoHealthyUpstream,
     #[error("could not connect to the endpoint: {0}")]
-    ConnectFailure(String),
+    UpstreamConnect(String),
     #[error("the endpoint reset the request before answering: {0}")]
     UpstreamReset(String),
     #[error("the route's timeout expired")]
@@ -44,7 +44,7 @@ impl Failure {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::FaultAbort(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Self::NoHealthyUpstream | Self::ConnectFailure(_) | Self::UpstreamReset(_) => {
+            Self::NoHealthyUpstream | Self::UpstreamConnect(_) | Self::UpstreamReset(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -60,7 +60,7 @@ impl Failure {
             Self::Denied(_) => "RBAC",
             Self::FaultAbort(_) => "FI",
             Self::NoHealthyUpstream => "UH",
-            Self::ConnectFailure(_) => "UF",
+            Self::UpstreamConnect(_) => "UF",
             Self::UpstreamReset(_) => "UR",
             Self::Timeout => "UT",
             Self::DownstreamBody(_) => "DPE",
@@ -71,7 +71,7 @@ impl Failure {
         match self {
             Self::Denied(_) | Self::DownstreamBody(_) => Fault::Downstream,
             Self::NoRoute | Self::NoDestinations | Self::FaultAbort(_) => Fault::Config,
-            Self::NoHealthyUpstream | Self::ConnectFailure(_) | Self::UpstreamReset(_) | Self::Timeout => {
+            Self::NoHealthyUpstream | Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::Timeout => {
                 Fault::Upstream
             }
         }
@@ -84,8 +84,10 @@ impl Failure {
             Self::NoHealthyUpstream => "no healthy upstream".to_owned(),
             Self::Timeout => "upstream request timeout".to_owned(),
             Self::FaultAbort(_) => "fault filter abort".to_owned(),
-            Self::ConnectFailure(reason) => {
-                format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}")
+            Self::UpstreamConnect(reason) => {
+                format!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+                )
             }
             Self::UpstreamReset(reason) => {
                 format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")

@@ -136,7 +136,10 @@ mod tests {
     #[test]
     fn weights_split_and_zero_never_wins() {
         let destination = |host: &str, weight| WeightedDestination { host: host.into(), weight, ..Default::default() };
-        let rule = RouteRule { destinations: vec![destination("a", 90), destination("b", 10), destination("c", 0)], ..Default::default() };
+        let rule = RouteRule {
+            destinations: vec![destination("a", 90), destination("b", 10), destination("c", 0)],
+            ..Default::default()
+        };
         let mut counts = std::collections::HashMap::<String, u32>::new();
         for _ in 0..10_000 {
             *counts.entry(pick_destination(&rule).map(|d| d.host.clone()).unwrap_or_default()).or_default() += 1;

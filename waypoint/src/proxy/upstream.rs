@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -64,12 +64,15 @@ impl From<hyper::Error> for ConnectError {
     }
 }
 
+/// An idle HTTP/1.1 connection, and since when.
+type IdleHttp1 = (http1::SendRequest<Body>, Instant);
+
 #[derive(Debug)]
 pub struct Upstreams {
     pool: Pool,
     identity: Identity,
     http2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
-    http1: Arc<Mutex<HashMap<Key, Vec<(http1::SendRequest<Body>, Instant)>>>>,
+    http1: Mutex<HashMap<Key, Vec<IdleHttp1>>>,
 }
 
 impl Upstreams {
@@ -81,7 +84,7 @@ impl Upstreams {
             answer_timeout: connect_timeout,
         };
         let pool = Pool::new(WaypointDialer { certs }, settings);
-        Self { pool, identity, http2: Mutex::default(), http1: Arc::default() }
+        Self { pool, identity, http2: Mutex::default(), http1: Mutex::default() }
     }
 
     pub fn pool_stats(&self) -> mesh::hbone::pool::PoolStats {

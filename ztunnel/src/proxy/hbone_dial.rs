@@ -15,8 +15,8 @@ use mesh::tls;
 use tokio_rustls::TlsConnector;
 
 use super::socket::{self, HboneSource};
-use mesh::certs::CertManager;
 use crate::state::State;
+use mesh::certs::CertManager;
 
 #[derive(Clone, Debug)]
 pub struct HboneDialer {
@@ -49,7 +49,8 @@ impl HboneDialer {
             self.certs.get(&key.src).await.map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
         let config = tls::client_config(&cert.cert, self.certs.trust(), vec![key.dst.clone()])
             .map_err(|e| HboneError::Certificate(key.src.to_string(), e.to_string()))?;
-        let source = if self.is_local_enrolled_pod(hop.ip()) { HboneSource::ThisNode } else { HboneSource::Pod(key.src_ip) };
+        let source =
+            if self.is_local_enrolled_pod(hop.ip()) { HboneSource::ThisNode } else { HboneSource::Pod(key.src_ip) };
         let tcp = socket::connect_hbone(hop, source, &self.tcp)
             .await
             .map_err(|cause| HboneError::Connect { addr: hop, cause })?;

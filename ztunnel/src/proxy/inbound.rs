@@ -192,8 +192,8 @@ fn trusted_client_address(
     claimed: Option<SocketAddr>,
 ) -> Result<SocketAddr, Box<super::client_address::ForgedSource>> {
     let destination = local_enrolled(snapshot, &ctx.node, request.authority.ip());
-    let from_its_waypoint = destination
-        .is_some_and(|d| snapshot.waypoints_serving(d).any(|w| snapshot.is_waypoint_identity(w, client)));
+    let from_its_waypoint =
+        destination.is_some_and(|d| snapshot.waypoints_serving(d).any(|w| snapshot.is_waypoint_identity(w, client)));
     match claimed {
         Some(claimed) if from_its_waypoint => Ok(claimed),
         _ => client_address(snapshot, &ctx.trust_domain, client, tcp_peer, claimed),

@@ -38,8 +38,8 @@ use mesh::hbone::pool::Pool;
 use mesh::hbone::server::ServerLimits;
 use mesh::tcp::TcpOptions;
 
-use mesh::certs::CertManager;
 use crate::state::State;
+use mesh::certs::CertManager;
 
 /// What every connection handler needs, shared by all of them.
 #[derive(Debug)]
