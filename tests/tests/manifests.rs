@@ -228,7 +228,9 @@ fn every_example_and_generated_crd_parses() {
 #[test]
 fn every_flag_and_environment_variable_is_documented() {
     let root = manifests().parent().unwrap().to_owned();
-    for (binary, page) in [("ztunnel", "docs/ztunnel.md"), ("controller", "docs/controller.md")] {
+    for (binary, page) in
+        [("ztunnel", "docs/ztunnel.md"), ("controller", "docs/controller.md"), ("waypoint", "docs/waypoint.md")]
+    {
         let help =
             std::process::Command::new(ambit_tests::ztunnel::binary(binary).unwrap()).arg("--help").output().unwrap();
         assert!(help.status.success(), "{binary} --help failed");

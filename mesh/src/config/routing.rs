@@ -267,6 +267,12 @@ impl Waypoint {
 /// `istio.io/use-waypoint` label first, else its namespace's; `none` opts
 /// out. A label naming no known waypoint sends traffic nowhere special.
 pub fn waypoint_of<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a Waypoint> {
+    // A waypoint's own Service never goes through a waypoint: that would loop.
+    let fronts_a_waypoint = service.labels.contains_key(GATEWAY_NAME_LABEL)
+        || service.selector.as_ref().is_some_and(|s| s.contains_key(GATEWAY_NAME_LABEL));
+    if fronts_a_waypoint {
+        return None;
+    }
     named_waypoint(config, &service.labels, &service.namespace)
 }
 
@@ -380,6 +386,35 @@ mod tests {
         assert!(!re.is_match("/api/v2/users"), "a regex must match all of the value");
         let error = StringMatch::Regex("/api/(".into()).check().err().unwrap_or_default();
         assert!(error.contains("does not compile"), "{error}");
+    }
+
+    #[test]
+    fn waypoints_serve_by_label_but_never_their_own_service() {
+        let config = MeshConfig::from_yaml(
+            r#"
+namespaces: [{name: shop, labels: {istio.io/use-waypoint: waypoint}}]
+waypoints: [{name: waypoint, namespace: shop, hostname: waypoint.shop.svc.cluster.local, trafficType: all}]
+services:
+  - {name: reviews, namespace: shop, vips: [10.96.0.1], ports: [{port: 80}]}
+  - {name: ratings, namespace: shop, vips: [10.96.0.2], ports: [{port: 80}], labels: {istio.io/use-waypoint: none}}
+  - {name: waypoint, namespace: shop, vips: [10.96.0.3], ports: [{port: 15008}],
+     selector: {gateway.networking.k8s.io/gateway-name: waypoint}}
+workloads:
+  - {uid: "1", name: reviews-1, namespace: shop, node: n1, ips: [10.1.0.2]}
+  - {uid: "2", name: waypoint-1, namespace: shop, node: n1, ips: [10.1.0.3],
+     labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let service = |name: &str| config.services.iter().find(|s| s.name == name).cloned().unwrap_or_default();
+        assert_eq!(waypoint_of(&config, &service("reviews")).map(|w| w.name.as_str()), Some("waypoint"));
+        assert!(waypoint_of(&config, &service("ratings")).is_none(), "opted out");
+        assert!(waypoint_of(&config, &service("waypoint")).is_none(), "a waypoint's own service would loop");
+        assert!(waypoint_of_workload(&config, &config.workloads[0]).is_some());
+        assert!(waypoint_of_workload(&config, &config.workloads[1]).is_none(), "a waypoint never serves itself");
+        let waypoint = &config.waypoints[0];
+        assert!(waypoint.takes_service_traffic() && waypoint.takes_workload_traffic());
+        assert!(waypoint.has_pod(&config.workloads[1]) && !waypoint.has_pod(&config.workloads[0]));
     }
 
     #[test]

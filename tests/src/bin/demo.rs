@@ -2,7 +2,8 @@
 //! namespaces: the controller in local-directory mode, and a ztunnel per
 //! node capturing enrolled pods' traffic. Shows who talked to whom and
 //! whether ztunnel carried it, applies a policy by writing a file, survives
-//! the controller's death, then waits for Ctrl-C and removes everything.
+//! the controller's death, shifts a canary through a waypoint, then waits
+//! for Ctrl-C and removes everything.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, reason = "a demo talks to its user")]
 
@@ -11,7 +12,11 @@ use std::time::Duration;
 
 use ambit_tests::sample::exchange;
 use ambit_tests::topology::{APP_PORT, SERVICE_PORT, SERVICE_VIP, Standard};
+use ambit_tests::waypoint::L7Bed;
 
+const CANARY_SUBSETS: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                              metadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  subsets:\n  \
+                              - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
 const BYTES: u64 = 1024 * 1024;
 const DENY_N1A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
                         metadata: {name: deny-n1-a, namespace: mesh}\nspec:\n  selector: {matchLabels: {name: n2-a}}\n  \
@@ -30,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     show_policy(&mut bed).await?;
     show_static_stability(&mut bed).await?;
     show_fail_closed(&mut bed).await?;
+    let canary = show_canary().await?;
     let node = &bed.cluster.nodes[0];
     println!("\nThe mesh stays up until Ctrl-C. Look around, for example:");
     println!(
@@ -41,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     println!("  edit {} and watch the agents follow", objects.display());
     tokio::signal::ctrl_c().await?;
     println!("\nCleaning up…");
+    drop(canary);
     drop(bed);
     println!("Done: namespaces, links, BPF pins and processes removed.");
     Ok(())
@@ -124,6 +131,34 @@ async fn show_fail_closed(bed: &mut Standard) -> anyhow::Result<()> {
     println!("  n1-a → n2-a while ztunnel is down: {verdict}");
     bed.cluster.start_ztunnel(0).await?;
     show_connection(bed, "n1-a", "n2-a (ztunnel restarted)", n2a).await
+}
+
+/// A canary release through a waypoint, in a second small cluster (the L7
+/// test bed): subsets by version, then 90/10, 50/50 and 0/100 by editing a
+/// VirtualService, with the split measured each time.
+async fn show_canary() -> anyhow::Result<L7Bed> {
+    println!("\nCanary through a waypoint (a second cluster: namespace `shop` uses waypoint `waypoint`)…");
+    let mut bed = L7Bed::start("service").await?;
+    bed.apply("dr.yaml", CANARY_SUBSETS).await?;
+    for (v1, v2) in [(90, 10), (50, 50), (0, 100)] {
+        let route = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\n\
+             spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n      \
+             weight: {v1}\n    - destination: {{host: reviews, subset: v2}}\n      weight: {v2}\n"
+        );
+        bed.apply("vs.yaml", &route).await?;
+        let mut client = bed.client("client").await?;
+        let (mut to_v1, mut to_v2) = (0, 0);
+        for _ in 0..200 {
+            match client.get("/reviews", &[]).await?.answer.map(|a| a.version).as_deref() {
+                Some("v1") => to_v1 += 1,
+                Some("v2") => to_v2 += 1,
+                _ => {}
+            }
+        }
+        println!("  VirtualService {v1}/{v2}: of 200 requests, {to_v1} went to v1 and {to_v2} to v2");
+    }
+    Ok(bed)
 }
 
 /// Connections each node's agent has taken in, as (source side,

@@ -51,6 +51,7 @@ async fn the_manifests_install_and_the_crds_reject_bad_policies() {
         "destinationrule.networking.istio.io/reviews created",
         "virtualservice.networking.istio.io/reviews created",
         "httproute.gateway.networking.k8s.io/ratings created",
+        "authorizationpolicy.security.istio.io/reviews-readers created",
     ] {
         assert!(applied.contains(created), "{created}:\n{applied}");
     }

@@ -7,10 +7,12 @@ use std::collections::HashMap;
 
 use ambit_tests::hbone_client::{self, connect_status, h2, issue_valid};
 use ambit_tests::http_app::Client;
+use ambit_tests::pcap::{self, Capture};
 use ambit_tests::require_root;
 use ambit_tests::sample::exchange;
-use ambit_tests::waypoint::{L7Bed, SHOP};
+use ambit_tests::waypoint::{L7Bed, SHOP, TCP_APP_PORT};
 use mesh::identity::Identity;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::WAIT;
 
@@ -342,4 +344,78 @@ async fn skipping_a_workload_waypoint_is_refused() {
             assert_eq!(metrics.sum("istio_requests_total", &[("destination_workload", "reviews-v2")]).unwrap(), 1.0);
         }
     }
+}
+
+/// Both legs (client → waypoint, waypoint → pod) are mutual TLS on the
+/// underlay: a secret in the request and in the echoed answer never
+/// crosses in clear, and each leg opened its own tunnel on port 15008.
+#[tokio::test]
+async fn both_legs_are_mutual_tls_on_the_wire() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    bed.apply("dr.yaml", SUBSETS).await.unwrap();
+    bed.apply("vs.yaml", &split(100, 0)).await.unwrap();
+    let capture = Capture::start(&bed.cluster.nodes[0].netns, "eth0").await.unwrap();
+    let secret = format!("/secret-{:016x}", rand::random::<u64>());
+    let mut client = bed.client("client").await.unwrap();
+    let reply = client.get(&secret, &[]).await.unwrap();
+    assert_eq!((reply.status, reply.answer.unwrap().path), (200, secret.clone()));
+    // A plaintext marker sent last (the waypoint pod is outside the mesh):
+    // once tcpdump has it, it has everything before it.
+    let marker = format!("marker-{:016x}", rand::random::<u64>());
+    let (waypoint, v1) = (bed.cluster.pod("waypoint"), bed.cluster.pod("reviews-v1"));
+    exchange(&waypoint.netns, &marker, v1.addr(TCP_APP_PORT), 1024, 1024).await.unwrap();
+    capture.wait_for(marker.as_bytes(), WAIT).await.unwrap();
+    let packets = capture.stop().await.unwrap();
+    assert!(!pcap::contains(&packets, secret.as_bytes()), "a request crossed the underlay in clear");
+    assert!(pcap::saw_tls13(&packets), "no TLS 1.3 on the underlay");
+    let syns = pcap::summaries(&packets, "tcp[tcpflags] == tcp-syn and dst port 15008").await.unwrap();
+    for (leg, pod) in [("client → waypoint", "waypoint"), ("waypoint → reviews-v1", "reviews-v1")] {
+        let ip = bed.cluster.pod(pod).ip.to_string();
+        assert!(syns.iter().any(|s| s.contains(&format!("{ip}.15008"))), "no tunnel for {leg}: {syns:?}");
+    }
+}
+
+/// Bad input at the waypoint: a malformed request gets 400, an oversized
+/// header block 431, a CONNECT for a destination it does not serve 404
+/// (counted); none of them harms the next client.
+#[tokio::test]
+async fn bad_input_gets_its_answer_and_harms_nobody() {
+    require_root();
+    let bed = L7Bed::start("service").await.unwrap();
+    let client = bed.cluster.pod("client");
+    let raw = |request: Vec<u8>| {
+        let netns = &client.netns;
+        async move {
+            let mut stream = netns.connect(L7Bed::reviews_addr()).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+            let mut answer = vec![0; 256];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut answer)).await.unwrap().unwrap();
+            String::from_utf8_lossy(&answer[..n]).into_owned()
+        }
+    };
+    let malformed = raw(b"GET / HTTP/1.1\r\nHost: reviews\r\nthis is not a header\r\n\r\n".to_vec()).await;
+    assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    let mut huge = b"GET / HTTP/1.1\r\nHost: reviews\r\n".to_vec();
+    for i in 0..100 {
+        huge.extend(format!("x-filler-{i}: {}\r\n", "y".repeat(1000)).as_bytes());
+    }
+    huge.extend(b"\r\n");
+    let oversized = raw(huge).await;
+    assert!(oversized.starts_with("HTTP/1.1 431"), "{oversized}");
+
+    let identity = Identity::new("cluster.local", SHOP, "client");
+    let cert = issue_valid(bed.cluster.ca(), &identity).unwrap();
+    let waypoint = bed.cluster.pod("waypoint");
+    let server = Identity::new("cluster.local", SHOP, "waypoint");
+    let roots = bed.cluster.ca().root_pem().to_owned();
+    let tls =
+        hbone_client::connect(&bed.cluster.nodes[0].netns, waypoint.addr(15008), &cert, &roots, server).await.unwrap();
+    let mut send = h2(tls).await.unwrap();
+    assert_eq!(connect_status(&mut send, "10.96.0.99:80").await.unwrap(), http::StatusCode::NOT_FOUND);
+    let metrics = bed.waypoint_metrics().await.unwrap();
+    assert_eq!(metrics.sum("ambit_waypoint_unknown_targets_total", &[]).unwrap(), 1.0);
+
+    let mut good = bed.client("client").await.unwrap();
+    assert_eq!(good.get("/reviews", &[]).await.unwrap().status, 200, "others are unharmed");
 }
