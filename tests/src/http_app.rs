@@ -4,7 +4,11 @@
 //!
 //! * `x-delay-ms: N`: answer after N ms;
 //! * `x-fail-every: N`: every N-th request this pod gets is a 503;
-//! * `x-status: S`: answer with status S.
+//! * `x-status: S`: answer with status S;
+//! * `x-stream-echo: 1`: stream the request body back as it arrives, then
+//!   trailers `grpc-status: 0` and `x-trailer: end` (a streaming call);
+//! * `upgrade: websocket`: 101, then every byte is echoed on the upgraded
+//!   connection.
 //!
 //! The body echoes the request: `{"server","version","method","path",
 //! "body_len","body_sha256","headers":{…}}`.
@@ -16,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -76,12 +81,36 @@ impl Drop for HttpApp {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+
 async fn answer(
     identity: Arc<(String, String)>,
     counter: Arc<AtomicU64>,
-    request: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    mut request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<AppBody>, Infallible> {
     let nth = counter.fetch_add(1, Ordering::SeqCst) + 1;
+    if request.headers().get(hyper::header::UPGRADE).is_some_and(|v| v == "websocket") {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            }
+        });
+        let mut response = hyper::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
+        *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert(hyper::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        response.headers_mut().insert(hyper::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        return Ok(response);
+    }
+    if request.headers().contains_key("x-stream-echo") {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        trailers.insert("x-trailer", http::HeaderValue::from_static("end"));
+        let body = request.into_body().map_err(BoxError::from).with_trailers(async move { Some(Ok(trailers)) });
+        return Ok(hyper::Response::new(body.boxed_unsync()));
+    }
     let header =
         |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (delay, fail_every, status) = (header("x-delay-ms"), header("x-fail-every"), header("x-status"));
@@ -106,7 +135,8 @@ async fn answer(
         body_sha256: Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect(),
         headers,
     };
-    let mut response = hyper::Response::new(Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())));
+    let body = Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap_or_default()));
+    let mut response = hyper::Response::new(body.map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::OK);
     Ok(response)
 }

@@ -11,6 +11,7 @@ use ambit_tests::pcap::{self, Capture};
 use ambit_tests::require_root;
 use ambit_tests::sample::exchange;
 use ambit_tests::waypoint::{L7Bed, SHOP, TCP_APP_PORT};
+use http_body_util::BodyExt as _;
 use mesh::identity::Identity;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -418,4 +419,77 @@ async fn bad_input_gets_its_answer_and_harms_nobody() {
 
     let mut good = bed.client("client").await.unwrap();
     assert_eq!(good.get("/reviews", &[]).await.unwrap().status, 200, "others are unharmed");
+}
+
+/// HTTP/2 with prior knowledge (as gRPC clients speak it): a streaming
+/// call whose every message is echoed before the next is sent (so nothing
+/// is buffered on the way), trailers intact, and `grpc_response_status`
+/// and `request_protocol="grpc"` recorded.
+#[tokio::test]
+async fn http2_streams_and_trailers_pass_through() {
+    require_root();
+    let bed = L7Bed::start("service").await.unwrap();
+    let stream = bed.cluster.pod("client").netns.connect(L7Bed::reviews_addr()).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let (messages, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let frames = futures::stream::unfold(receiver, |mut receiver| async move {
+        let message = receiver.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(message)), receiver))
+    });
+    let request = http::Request::post("http://reviews:9080/reviews.Reviews/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-stream-echo", "1")
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    for i in 0..3 {
+        let message = bytes::Bytes::from(format!("message {i}"));
+        messages.send(message.clone()).await.unwrap();
+        let frame = tokio::time::timeout(WAIT, body.frame()).await.unwrap().unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), message, "echoed before the next message is sent");
+    }
+    drop(messages);
+    let rest = tokio::time::timeout(WAIT, body.collect()).await.unwrap().unwrap();
+    let trailers = rest.trailers().cloned().unwrap_or_default();
+    assert_eq!((trailers.get("grpc-status"), trailers.get("x-trailer")), (Some(&"0".parse().unwrap()), Some(&"end".parse().unwrap())));
+    let labels = [("request_protocol", "grpc"), ("grpc_response_status", "0"), ("response_code", "200")];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bed.waypoint_metrics().await.unwrap().sum_or_zero("istio_requests_total", &labels) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the call was not recorded with its gRPC status");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP/1.1 upgrade (a WebSocket handshake) passes through the
+/// waypoint, and the upgraded connection carries bytes both ways.
+#[tokio::test]
+async fn a_websocket_upgrade_passes_through() {
+    require_root();
+    let bed = L7Bed::start("service").await.unwrap();
+    let mut stream = bed.cluster.pod("client").netns.connect(L7Bed::reviews_addr()).await.unwrap();
+    let handshake = "GET /chat HTTP/1.1\r\nHost: reviews\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(handshake.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0; 1];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut byte)).await.unwrap().unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    for message in [&b"hello"[..], b"through the waypoint"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0; message.len()];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+        assert_eq!(echoed, message);
+    }
 }
