@@ -76,8 +76,32 @@ pub struct HttpRoute {
     pub retries: Option<HttpRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFaultInjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
     #[serde(flatten)]
     pub unsupported: HttpRouteUnsupported,
+}
+
+/// Header manipulation for requests and responses.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Headers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HeaderOperations>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HeaderOperations>,
+}
+
+/// `set` overwrites, `add` appends, `remove` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderOperations {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub add: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -107,9 +131,6 @@ pub struct HttpRouteUnsupported {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "unsupported")]
     pub cors_policy: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub headers: Option<Value>,
 }
 
 impl HttpRouteUnsupported {
@@ -123,7 +144,6 @@ impl HttpRouteUnsupported {
             ("mirrors", &self.mirrors),
             ("mirrorPercentage", &self.mirror_percentage),
             ("corsPolicy", &self.cors_policy),
-            ("headers", &self.headers),
         ])
     }
 }

@@ -3,10 +3,13 @@
 //! attached only to Gateways are for ingress, not the mesh.
 
 use gateway_api::apis::standard::httproutes::{
-    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
-    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFiltersType,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
 };
-use mesh::config::routing::{HttpRoutes, RequestMatch, RetryPolicy, RouteRule, StringMatch, WeightedDestination};
+use mesh::config::routing::{
+    HeaderOperations, HttpRoutes, RequestMatch, RetryPolicy, RouteRule, StringMatch, WeightedDestination,
+};
 
 use super::routing::{Translated, duration, name_of, qualify};
 
@@ -45,8 +48,29 @@ pub fn http_route(object: &HttpRoute, domain: &str) -> Translated<HttpRoutes> {
 }
 
 fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>, domain: &str) -> Result<RouteRule, String> {
-    if let Some(filter) = rule.filters.iter().flatten().next() {
-        return Err(format!("filter {:?} is not supported by ambit", filter.r#type));
+    let (mut request_headers, mut response_headers) = (HeaderOperations::default(), HeaderOperations::default());
+    for filter in rule.filters.iter().flatten() {
+        match filter.r#type {
+            HttpRouteRulesFiltersType::RequestHeaderModifier => {
+                let m = filter.request_header_modifier.clone().unwrap_or_default();
+                let pairs = |list: Option<Vec<(String, String)>>| list.unwrap_or_default();
+                request_headers = header_operations(
+                    pairs(m.set.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
+                    pairs(m.add.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
+                    m.remove.unwrap_or_default(),
+                );
+            }
+            HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                let m = filter.response_header_modifier.clone().unwrap_or_default();
+                let pairs = |list: Option<Vec<(String, String)>>| list.unwrap_or_default();
+                response_headers = header_operations(
+                    pairs(m.set.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
+                    pairs(m.add.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
+                    m.remove.unwrap_or_default(),
+                );
+            }
+            ref other => return Err(format!("filter {other:?} is not supported by ambit")),
+        }
     }
     let matches = match rule.matches.as_deref() {
         None | Some([]) => {
@@ -65,9 +89,28 @@ fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>, domain: &s
         timeout: duration("timeouts.request", timeouts.request.as_ref())?,
         retries: per_try_timeout.map(|t| RetryPolicy { attempts: 0, per_try_timeout: Some(t), retry_on: Vec::new() }),
         fault: None,
+        request_headers,
+        response_headers,
     };
     rule.check()?;
     Ok(rule)
+}
+
+/// A header modifier filter as the model's operations. Names are matched
+/// case-insensitively, so they are lower-cased; the first entry of a name wins.
+fn header_operations(set: Vec<(String, String)>, add: Vec<(String, String)>, remove: Vec<String>) -> HeaderOperations {
+    let first_of_each = |pairs: Vec<(String, String)>| {
+        let mut map = std::collections::BTreeMap::new();
+        for (name, value) in pairs {
+            map.entry(name.to_ascii_lowercase()).or_insert(value);
+        }
+        map
+    };
+    HeaderOperations {
+        set: first_of_each(set),
+        add: first_of_each(add),
+        remove: remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    }
 }
 
 fn match_of(m: &HttpRouteRulesMatches, port: Option<u16>) -> RequestMatch {

@@ -80,9 +80,32 @@ fn istio_rule(route: &istio::HttpRoute, namespace: &str, domain: &str) -> Result
     let retries = route.retries.as_ref().map(istio_retries).transpose()?;
     let fault = route.fault.as_ref().map(istio_fault).transpose()?;
     let timeout = duration("timeout", route.timeout.as_ref())?;
-    let rule = RouteRule { name: route.name.clone(), matches, destinations, timeout, retries, fault };
+    let headers = route.headers.clone().unwrap_or_default();
+    let rule = RouteRule {
+        name: route.name.clone(),
+        matches,
+        destinations,
+        timeout,
+        retries,
+        fault,
+        request_headers: header_operations(headers.request),
+        response_headers: header_operations(headers.response),
+    };
     rule.check()?;
     Ok(rule)
+}
+
+/// Istio's header operations, names lower-cased (HTTP/2 and Envoy's form).
+fn header_operations(ops: Option<istio::HeaderOperations>) -> mesh::config::routing::HeaderOperations {
+    let ops = ops.unwrap_or_default();
+    let lower = |map: std::collections::BTreeMap<String, String>| {
+        map.into_iter().map(|(name, value)| (name.to_ascii_lowercase(), value)).collect()
+    };
+    mesh::config::routing::HeaderOperations {
+        set: lower(ops.set),
+        add: lower(ops.add),
+        remove: ops.remove.iter().map(|name| name.to_ascii_lowercase()).collect(),
+    }
 }
 
 fn port_number(number: u32) -> Result<u16, String> {

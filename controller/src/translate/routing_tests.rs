@@ -148,10 +148,10 @@ fn bad_http_routes_are_rejected_and_ingress_routes_ignored() {
             "does not compile",
         ),
         (
-            "a filter",
+            "a filter not implemented yet",
             HTTP_ROUTE.replace(
                 "    timeouts:",
-                "    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x]}}]\n    timeouts:",
+                "    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: x, port: 1}}}]\n    timeouts:",
             ),
             "not supported",
         ),
@@ -259,4 +259,35 @@ fn short_names_complete_to_the_clusters_domain() {
     assert_eq!(config.services[0].hostname(), "reviews.shop.svc.corp.example");
     assert_eq!(config.http_routes[0].hosts, ["reviews.shop.svc.corp.example"]);
     assert_eq!(config.destination_policies[0].host, "reviews.shop.svc.corp.example");
+}
+
+/// Header operations, from Istio's `headers` and from the Gateway API's
+/// header modifier filters, with names lower-cased.
+#[test]
+fn header_operations_compile_from_both_apis() {
+    let istio = VIRTUAL_SERVICE.replace(
+        "    timeout: 2s\n",
+        "    timeout: 2s\n    headers: {request: {set: {X-Canary: 'no'}, remove: [Cookie]}, response: {add: {x-served-by: waypoint}}}\n",
+    );
+    let mut translator = Translator::new("istio-system");
+    assert_eq!(
+        apply(&mut translator, &format!("{istio}---\n{DESTINATION_RULE}")),
+        [Outcome::Accepted, Outcome::Accepted]
+    );
+    let rule = &translator.config().http_routes[0].rules[1];
+    assert_eq!(rule.request_headers.set.get("x-canary").map(String::as_str), Some("no"));
+    assert_eq!(rule.request_headers.remove, ["cookie"]);
+    assert_eq!(rule.response_headers.add.get("x-served-by").map(String::as_str), Some("waypoint"));
+
+    let gateway = HTTP_ROUTE.replace(
+        "    timeouts:",
+        "    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Env, value: canary}], remove: [X-Debug]}}\n    \
+         - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-route, value: gamma}]}}\n    timeouts:",
+    );
+    let mut translator = Translator::new("istio-system");
+    assert_eq!(apply(&mut translator, &gateway), [Outcome::Accepted]);
+    let rule = &translator.config().http_routes[0].rules[1];
+    assert_eq!(rule.request_headers.set.get("x-env").map(String::as_str), Some("canary"));
+    assert_eq!(rule.request_headers.remove, ["x-debug"]);
+    assert_eq!(rule.response_headers.add.get("x-route").map(String::as_str), Some("gamma"));
 }

@@ -57,6 +57,58 @@ pub struct RouteRule {
     pub retries: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultInjection>,
+    /// Applied to the request on its way to the destination.
+    #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
+    pub request_headers: HeaderOperations,
+    /// Applied to the response on its way back.
+    #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
+    pub response_headers: HeaderOperations,
+}
+
+/// Istio's `headers.request`/`headers.response`, and the Gateway API's
+/// header modifier filters: `set` overwrites, `add` appends a value,
+/// `remove` deletes. Names are lower case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderOperations {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderOperations {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the operations to `headers`: remove, then set, then add.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name.as_str());
+        }
+        let valid = |(name, value): (&String, &String)| {
+            Some((http::HeaderName::from_bytes(name.as_bytes()).ok()?, http::HeaderValue::from_str(value).ok()?))
+        };
+        for (name, value) in self.set.iter().filter_map(valid) {
+            headers.insert(name, value);
+        }
+        for (name, value) in self.add.iter().filter_map(valid) {
+            headers.append(name, value);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for name in self.set.keys().chain(self.add.keys()).chain(&self.remove) {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{name:?} is not a header name"))?;
+        }
+        for value in self.set.values().chain(self.add.values()) {
+            http::HeaderValue::from_str(value).map_err(|_| format!("{value:?} is not a header value"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Every present condition must hold.
@@ -317,6 +369,8 @@ fn check_rule(rule: &RouteRule) -> Result<(), String> {
             pattern.check()?;
         }
     }
+    rule.request_headers.check()?;
+    rule.response_headers.check()?;
     if !rule.destinations.is_empty() && rule.destinations.iter().all(|d| d.weight == 0) {
         return Err("the destination weights sum to 0".into());
     }
@@ -415,6 +469,26 @@ workloads:
         let waypoint = &config.waypoints[0];
         assert!(waypoint.takes_service_traffic() && waypoint.takes_workload_traffic());
         assert!(waypoint.has_pod(&config.workloads[1]) && !waypoint.has_pod(&config.workloads[0]));
+    }
+
+    #[test]
+    fn header_operations_remove_set_then_add() {
+        let ops = HeaderOperations {
+            set: [("x-set".to_owned(), "new".to_owned())].into(),
+            add: [("x-add".to_owned(), "two".to_owned())].into(),
+            remove: vec!["x-gone".to_owned()],
+        };
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [("x-set", "old"), ("x-add", "one"), ("x-gone", "1")] {
+            headers.insert(name, http::HeaderValue::from_static(value));
+        }
+        ops.apply(&mut headers);
+        assert_eq!(headers["x-set"], "new");
+        assert_eq!(headers.get_all("x-add").iter().collect::<Vec<_>>(), ["one", "two"]);
+        assert!(!headers.contains_key("x-gone"));
+        let bad = HeaderOperations { set: [("bad name".to_owned(), "v".to_owned())].into(), ..Default::default() };
+        let rule = RouteRule { request_headers: bad, ..Default::default() };
+        assert!(check_rule(&rule).is_err());
     }
 
     #[test]

@@ -430,10 +430,12 @@ async fn http2_streams_and_trailers_pass_through() {
     require_root();
     let bed = L7Bed::start("service").await.unwrap();
     let stream = bed.cluster.pod("client").netns.connect(L7Bed::reviews_addr()).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
     tokio::spawn(connection);
     let (messages, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
     let frames = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -458,7 +460,10 @@ async fn http2_streams_and_trailers_pass_through() {
     drop(messages);
     let rest = tokio::time::timeout(WAIT, body.collect()).await.unwrap().unwrap();
     let trailers = rest.trailers().cloned().unwrap_or_default();
-    assert_eq!((trailers.get("grpc-status"), trailers.get("x-trailer")), (Some(&"0".parse().unwrap()), Some(&"end".parse().unwrap())));
+    assert_eq!(
+        (trailers.get("grpc-status"), trailers.get("x-trailer")),
+        (Some(&"0".parse().unwrap()), Some(&"end".parse().unwrap()))
+    );
     let labels = [("request_protocol", "grpc"), ("grpc_response_status", "0"), ("response_code", "200")];
     let deadline = tokio::time::Instant::now() + WAIT;
     while bed.waypoint_metrics().await.unwrap().sum_or_zero("istio_requests_total", &labels) < 1.0 {
@@ -492,4 +497,36 @@ async fn a_websocket_upgrade_passes_through() {
         tokio::time::timeout(WAIT, stream.read_exact(&mut echoed)).await.unwrap().unwrap();
         assert_eq!(echoed, message);
     }
+}
+
+/// A route's header operations, from a VirtualService and from an
+/// HTTPRoute's header modifier filters: the pod sees the request's, the
+/// client the response's.
+#[tokio::test]
+async fn routes_modify_request_and_response_headers() {
+    require_root();
+    let mut bed = L7Bed::start("service").await.unwrap();
+    let rules = "  - route:\n    - destination: {host: reviews}\n    headers:\n      request: {set: {x-canary: 'no'}, remove: [x-debug]}\n      response: {add: {x-served-by: waypoint}}\n";
+    bed.apply("vs.yaml", &virtual_service(rules)).await.unwrap();
+    let mut client = bed.client("client").await.unwrap();
+    let reply = client.get("/reviews", &[("x-canary", "yes"), ("x-debug", "1")]).await.unwrap();
+    let seen = reply.answer.unwrap().headers;
+    assert_eq!((seen.get("x-canary").map(String::as_str), seen.get("x-debug")), (Some("no"), None));
+    assert_eq!(reply.headers["x-served-by"], "waypoint");
+
+    bed.apply("vs.yaml", "").await.unwrap();
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: reviews, namespace: {SHOP}}}\nspec:
+  parentRefs: [{{group: '', kind: Service, name: reviews, port: 9080}}]
+  rules:
+  - backendRefs: [{{name: reviews, port: 9080}}]
+    filters:
+    - {{type: RequestHeaderModifier, requestHeaderModifier: {{add: [{{name: x-env, value: canary}}]}}}}
+    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-route, value: gamma}}]}}}}
+"
+    );
+    bed.apply("route.yaml", &route).await.unwrap();
+    let reply = client.get("/reviews", &[]).await.unwrap();
+    assert_eq!(reply.answer.unwrap().headers.get("x-env").map(String::as_str), Some("canary"));
+    assert_eq!(reply.headers["x-route"], "gamma");
 }

@@ -68,7 +68,9 @@ pub async fn serve(ctx: Arc<Context>, downstream: Arc<Downstream>, protocol: Pro
     }
 }
 
-/// Phases 3–8 for one request.
+/// Phases 3–8 for one request. A route's header operations apply to the
+/// request it forwards and to the upstream's response, not to the
+/// waypoint's own answers.
 async fn handle(
     ctx: Arc<Context>,
     downstream: Arc<Downstream>,
@@ -83,8 +85,8 @@ async fn handle(
     let result = async {
         authorize::check(&table, &ctx, &downstream, Some(&parts))?;
         let selected = route::select(&table, &downstream.target, &parts)?;
-        let (destination, plan) = match selected {
-            Selected::Direct => (direct(&downstream), Plan::new(None, None)),
+        let (destination, plan, response_headers) = match selected {
+            Selected::Direct => (direct(&downstream), Plan::new(None, None), None),
             Selected::Rule { rule, origin } => {
                 exchange.route = Some(origin.to_owned());
                 if let Some(delay) = route::fault_delay(rule) {
@@ -97,12 +99,17 @@ async fn handle(
                 let chosen = route::pick_destination(rule)?;
                 let destination =
                     Destination { host: &chosen.host, subset: chosen.subset.as_deref(), port: chosen.port };
-                (destination, Plan::new(rule.timeout, rule.retries.as_ref()))
+                rule.request_headers.apply(&mut parts.headers);
+                (destination, Plan::new(rule.timeout, rule.retries.as_ref()), Some(&rule.response_headers))
             }
         };
         prepare_headers(&mut parts.headers, protocol);
         let forward = Forward { ctx: &ctx, table: &table, downstream: &downstream, destination, protocol, plan };
-        forward.send(parts, body, &mut exchange).await
+        let mut response = forward.send(parts, body, &mut exchange).await?;
+        if let Some(operations) = response_headers {
+            operations.apply(response.headers_mut());
+        }
+        Ok(response)
     }
     .await;
     let response = match result {
