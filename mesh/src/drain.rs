@@ -65,6 +65,18 @@ impl Drain {
     }
 }
 
+/// Waits for SIGTERM (the kubelet stopping a pod) or SIGINT (Ctrl-C), and
+/// names the one that came: every binary drains on either.
+pub async fn shutdown_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,20 @@ pub fn init(args: &LogArgs) -> Result<LogLevelHandle, LogLevelError> {
     Ok(LogLevelHandle(handle))
 }
 
+/// The admin endpoint's `/logging`: the current filter, or, with
+/// `?level=<filter>`, a new one (400 if it does not parse).
+pub fn admin_response(handle: &LogLevelHandle, query: Option<&str>) -> crate::http_server::Response {
+    use crate::http_server::text;
+    let level = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("level="));
+    match level {
+        None => text(http::StatusCode::OK, format!("{}\n", handle.current())),
+        Some(level) => match handle.set(level) {
+            Ok(()) => text(http::StatusCode::OK, format!("log level set to {level}\n")),
+            Err(e) => text(http::StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;

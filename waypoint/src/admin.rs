@@ -84,19 +84,8 @@ impl Admin {
                     pool: self.ctx.pool_stats(),
                 })
             }
-            "/logging" => self.logging(req.uri().query()),
+            "/logging" => mesh::logging::admin_response(&self.log_level, req.uri().query()),
             _ => http_server::text(StatusCode::NOT_FOUND, "not found\n"),
-        }
-    }
-
-    fn logging(&self, query: Option<&str>) -> Response {
-        let level = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("level="));
-        match level {
-            None => http_server::text(StatusCode::OK, format!("{}\n", self.log_level.current())),
-            Some(level) => match self.log_level.set(level) {
-                Ok(()) => http_server::text(StatusCode::OK, format!("log level set to {level}\n")),
-                Err(e) => http_server::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-            },
         }
     }
 }

@@ -13,7 +13,6 @@ use mesh::http_server::HttpServer;
 use mesh::identity::Identity;
 use mesh::logging::LogLevelHandle;
 use mesh::tls::TrustBundle;
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::admin::{Admin, Readiness};
@@ -74,21 +73,12 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     readiness.set_ready();
     info!("waypoint ready");
 
-    wait_for_shutdown_signal().await?;
+    let received = mesh::drain::shutdown_signal().await.context("signal handlers")?;
+    info!(signal = received, "shutting down");
     readiness.set_draining();
     match drain.drain(settings.drain_grace).await {
         DrainOutcome::Complete => info!("drained"),
         DrainOutcome::TimedOut { remaining } => warn!(remaining, "drain grace expired; exiting anyway"),
-    }
-    Ok(())
-}
-
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
 }

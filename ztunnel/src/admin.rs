@@ -44,7 +44,7 @@ impl Admin {
     fn response(&self, req: &Request) -> Response {
         match req.uri().path() {
             "/config_dump" => self.config_dump(),
-            "/logging" => self.logging(req.uri().query()),
+            "/logging" => mesh::logging::admin_response(&self.log_level, req.uri().query()),
             _ => http_server::text(http::StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -61,16 +61,5 @@ impl Admin {
             pool: self.pool.stats(),
             live_inbound_connections: self.connections.connections.len(),
         })
-    }
-
-    fn logging(&self, query: Option<&str>) -> Response {
-        let level = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("level="));
-        match level {
-            None => http_server::text(http::StatusCode::OK, format!("{}\n", self.log_level.current())),
-            Some(level) => match self.log_level.set(level) {
-                Ok(()) => http_server::text(http::StatusCode::OK, format!("log level set to {level}\n")),
-                Err(e) => http_server::text(http::StatusCode::BAD_REQUEST, format!("{e}\n")),
-            },
-        }
     }
 }

@@ -14,7 +14,6 @@ use mesh::hbone::server::ServerLimits;
 use mesh::http_server::HttpServer;
 use mesh::tls::TrustBundle;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::admin::Admin;
@@ -73,7 +72,8 @@ pub async fn run(settings: Settings, log_level: LogLevelHandle) -> anyhow::Resul
     drain.spawn(syncer.run(cni_requests, drain.clone()));
     info!(node = %settings.node, "ready");
 
-    wait_for_shutdown_signal().await?;
+    let received = mesh::drain::shutdown_signal().await.context("signal handlers")?;
+    info!(signal = received, "shutting down");
     readiness.set_draining();
     info!(grace = ?settings.drain_grace, active = drain.active(), "draining");
     match drain.drain(settings.drain_grace).await {
@@ -242,14 +242,4 @@ async fn prefetch_certificates(certs: &CertManager, snapshot: &Snapshot, setting
             warn!(%error, "certificate prefetch failed; will retry");
         }
     }
-}
-
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
-    Ok(())
 }

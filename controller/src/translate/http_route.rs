@@ -53,20 +53,18 @@ fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>, domain: &s
         match filter.r#type {
             HttpRouteRulesFiltersType::RequestHeaderModifier => {
                 let m = filter.request_header_modifier.clone().unwrap_or_default();
-                let pairs = |list: Option<Vec<(String, String)>>| list.unwrap_or_default();
                 request_headers = header_operations(
-                    pairs(m.set.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
-                    pairs(m.add.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
-                    m.remove.unwrap_or_default(),
+                    pairs(m.set, |h| (h.name, h.value)),
+                    pairs(m.add, |h| (h.name, h.value)),
+                    m.remove,
                 );
             }
             HttpRouteRulesFiltersType::ResponseHeaderModifier => {
                 let m = filter.response_header_modifier.clone().unwrap_or_default();
-                let pairs = |list: Option<Vec<(String, String)>>| list.unwrap_or_default();
                 response_headers = header_operations(
-                    pairs(m.set.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
-                    pairs(m.add.map(|l| l.into_iter().map(|h| (h.name, h.value)).collect())),
-                    m.remove.unwrap_or_default(),
+                    pairs(m.set, |h| (h.name, h.value)),
+                    pairs(m.add, |h| (h.name, h.value)),
+                    m.remove,
                 );
             }
             ref other => return Err(format!("filter {other:?} is not supported by ambit")),
@@ -98,7 +96,11 @@ fn rule_of(rule: &HttpRouteRules, namespace: &str, port: Option<u16>, domain: &s
 
 /// A header modifier filter as the model's operations. Names are matched
 /// case-insensitively, so they are lower-cased; the first entry of a name wins.
-fn header_operations(set: Vec<(String, String)>, add: Vec<(String, String)>, remove: Vec<String>) -> HeaderOperations {
+fn header_operations(
+    set: Vec<(String, String)>,
+    add: Vec<(String, String)>,
+    remove: Option<Vec<String>>,
+) -> HeaderOperations {
     let first_of_each = |pairs: Vec<(String, String)>| {
         let mut map = std::collections::BTreeMap::new();
         for (name, value) in pairs {
@@ -109,8 +111,13 @@ fn header_operations(set: Vec<(String, String)>, add: Vec<(String, String)>, rem
     HeaderOperations {
         set: first_of_each(set),
         add: first_of_each(add),
-        remove: remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        remove: remove.iter().flatten().map(|n| n.to_ascii_lowercase()).collect(),
     }
+}
+
+/// A filter's `(name, value)` list, whichever generated type holds it.
+fn pairs<T>(list: Option<Vec<T>>, pair: fn(T) -> (String, String)) -> Vec<(String, String)> {
+    list.into_iter().flatten().map(pair).collect()
 }
 
 fn match_of(m: &HttpRouteRulesMatches, port: Option<u16>) -> RequestMatch {
