@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 
 use futures::{FutureExt as _, Stream, StreamExt as _};
+use gateway_api::apis::experimental::httproutes::HttpRoute;
 use gateway_api::apis::standard::gateways::Gateway;
-use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::Api;

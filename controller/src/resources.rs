@@ -3,8 +3,8 @@
 
 use std::fmt;
 
+use gateway_api::apis::experimental::httproutes::HttpRoute;
 use gateway_api::apis::standard::gateways::Gateway;
-use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use mesh::config::policy::{AuthorizationPolicy, PeerAuthentication};
 

@@ -250,7 +250,7 @@ async fn replace_route_parents(
     wanted: &Wanted,
     meta: &Meta,
 ) -> kube::Result<()> {
-    use gateway_api::apis::standard::httproutes::HttpRoute;
+    use gateway_api::apis::experimental::httproutes::HttpRoute;
     let api = Api::<HttpRoute>::namespaced(client.clone(), &key.namespace);
     let mut route = serde_json::to_value(api.get_status(&key.name).await?).map_err(kube::Error::SerdeError)?;
     let parents = route_parents(&route["status"]["parents"], key.kind, wanted, meta, Timestamp::now());

@@ -10,6 +10,7 @@
 //! install their CRDs from upstream; `manifests/gateway-api/` holds ones
 //! generated from the same types for clusters that have none.
 
+pub mod destination_rule;
 pub mod networking;
 
 use kube::CustomResource;
@@ -88,7 +89,8 @@ pub const GATEWAY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 /// The generated CRD files: path under `manifests/`, and contents.
 pub fn files() -> Result<Vec<(&'static str, String)>, yaml_serde::Error> {
-    use gateway_api::apis::standard::{gateways::Gateway, httproutes::HttpRoute};
+    use gateway_api::apis::experimental::httproutes::HttpRoute;
+    use gateway_api::apis::standard::gateways::Gateway;
     let istio = |crd: Crd, versions: &[&str]| serving(conditions_by_type(crd), versions);
     Ok(vec![
         (

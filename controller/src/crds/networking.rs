@@ -1,4 +1,5 @@
-//! `networking.istio.io/v1` VirtualService and DestinationRule: the fields
+//! `networking.istio.io/v1` VirtualService (DestinationRule is in
+//! [`super::destination_rule`]): the fields
 //! the mesh implements, with Istio's names. Istio fields the mesh does not
 //! implement are still in the schema, as opaque values, so the API server
 //! keeps them instead of silently pruning them, and the controller can
@@ -13,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::PolicyStatus;
+pub use super::destination_rule::*;
 
 /// A field the mesh does not implement; setting it rejects the object.
-fn unsupported(_: &mut SchemaGenerator) -> Schema {
+pub(super) fn unsupported(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "description": "Not implemented by ambit: an object that sets this field is not accepted.",
         "x-kubernetes-preserve-unknown-fields": true,
@@ -78,8 +80,63 @@ pub struct HttpRoute {
     pub fault: Option<HttpFaultInjection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<HttpRewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<HttpRedirect>,
+    /// Deprecated in Istio for `mirrors`, still honoured by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Destination>,
+    /// For `mirror`; defaults to 100%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<HttpMirrorPolicy>,
     #[serde(flatten)]
     pub unsupported: HttpRouteUnsupported,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRewrite {
+    /// Replaces the matched prefix, or the whole path when the match was
+    /// not a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "unsupported")]
+    pub uri_regex_rewrite: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRedirect {
+    /// Replaces the whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derive_port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Defaults to 301.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_code: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    /// Defaults to 100%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
 }
 
 /// Header manipulation for requests and responses.
@@ -109,25 +166,10 @@ pub struct HeaderOperations {
 pub struct HttpRouteUnsupported {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "unsupported")]
-    pub redirect: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
     pub direct_response: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "unsupported")]
     pub delegate: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub rewrite: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub mirror: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub mirrors: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub mirror_percentage: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "unsupported")]
     pub cors_policy: Option<Value>,
@@ -136,13 +178,8 @@ pub struct HttpRouteUnsupported {
 impl HttpRouteUnsupported {
     pub fn set(&self) -> Vec<&'static str> {
         set_fields(&[
-            ("redirect", &self.redirect),
             ("directResponse", &self.direct_response),
             ("delegate", &self.delegate),
-            ("rewrite", &self.rewrite),
-            ("mirror", &self.mirror),
-            ("mirrors", &self.mirrors),
-            ("mirrorPercentage", &self.mirror_percentage),
             ("corsPolicy", &self.cors_policy),
         ])
     }
@@ -212,9 +249,9 @@ pub struct HttpRouteDestination {
     /// Relative; a lone destination without one takes all traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
+    /// Applied when this destination is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub headers: Option<Value>,
+    pub headers: Option<Headers>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -277,114 +314,4 @@ pub struct FaultAbort {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Percent {
     pub value: f64,
-}
-
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "networking.istio.io",
-    version = "v1",
-    kind = "DestinationRule",
-    derive = "PartialEq",
-    derive = "Default",
-    namespaced,
-    status = "PolicyStatus",
-    shortname = "dr",
-    category = "istio-io",
-    category = "networking-istio-io"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct DestinationRuleSpec {
-    pub host: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<TrafficPolicy>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subsets: Vec<Subset>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub export_to: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub workload_selector: Option<Value>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Subset {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<TrafficPolicy>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TrafficPolicy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<ConnectionPoolSettings>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
-    /// Ambient meshes encrypt with HBONE; a DestinationRule's TLS settings
-    /// do not apply between mesh workloads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub tls: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub load_balancer: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "unsupported")]
-    pub port_level_settings: Option<Value>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionPoolSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<TcpSettings>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpSettings>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TcpSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http1_max_pending_requests: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http2_max_requests: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OutlierDetection {
-    #[serde(default, rename = "consecutive5xxErrors", skip_serializing_if = "Option::is_none")]
-    pub consecutive_5xx_errors: Option<u32>,
-    /// Deprecated in Istio, still honoured by it: as many consecutive
-    /// gateway errors (502, 503, 504) eject, and 5xx errors alone do not
-    /// (unless `consecutive5xxErrors` says otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_errors: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_gateway_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_ejection_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_ejection_percent: Option<i32>,
 }

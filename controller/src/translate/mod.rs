@@ -8,6 +8,7 @@
 //! stays in force. A new object that is bad from the start contributes
 //! nothing.
 
+mod destination_rule;
 mod http_route;
 mod kinds;
 mod routing;
@@ -94,7 +95,7 @@ impl Translator {
                 store(&mut self.route_candidates, &key, http_route::http_route(o, &self.cluster_domain))
             }
             Object::DestinationRule(o) => {
-                store(&mut self.destination_policies, &key, routing::destination_rule(o, &self.cluster_domain))
+                store(&mut self.destination_policies, &key, destination_rule::destination_rule(o, &self.cluster_domain))
             }
             Object::Gateway(o) => store(&mut self.waypoints, &key, routing::gateway(o, &self.cluster_domain)),
         };
@@ -195,15 +196,17 @@ impl Translator {
     }
 }
 
-/// The first destination subset no destination policy of its host defines.
+/// The first destination or mirror subset no destination policy of its
+/// host defines.
 fn unknown_subset(routes: &HttpRoutes, policies: &BTreeMap<ObjectKey, DestinationPolicy>) -> Option<String> {
     let rules = routes.rules.iter().enumerate();
-    let mut destinations = rules.flat_map(|(i, rule)| rule.destinations.iter().map(move |d| (i, d)));
-    destinations.find_map(|(index, destination)| {
-        let subset = destination.subset.as_deref()?;
-        let defined =
-            policies.values().any(|p| p.host == destination.host && p.subsets.iter().any(|s| s.name == subset));
-        let host = &destination.host;
+    let mut named = rules.flat_map(|(i, rule)| {
+        let destinations = rule.destinations.iter().map(move |d| (i, &d.host, d.subset.as_deref()));
+        destinations.chain(rule.mirrors.iter().map(move |m| (i, &m.host, m.subset.as_deref())))
+    });
+    named.find_map(|(index, host, subset)| {
+        let subset = subset?;
+        let defined = policies.values().any(|p| &p.host == host && p.subsets.iter().any(|s| s.name == subset));
         (!defined).then(|| format!("rule {index}: subset {subset:?} of {host} is not defined by any DestinationRule"))
     })
 }
@@ -217,6 +220,8 @@ fn store<T>(
     Ok(translated?.map(|value| map.insert(key.clone(), value)).is_some())
 }
 
+#[cfg(test)]
+mod action_tests;
 #[cfg(test)]
 mod routing_tests;
 #[cfg(test)]

@@ -7,8 +7,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh::config::routing::{
-    self, DestinationPolicy, FaultAbort, FaultDelay, FaultInjection, HttpRoutes, PARTS_PER_MILLION, RequestMatch,
-    RetryPolicy, RouteRule, StringMatch, WAYPOINT_GATEWAY_CLASS, Waypoint, WeightedDestination,
+    self, FaultAbort, FaultDelay, FaultInjection, HttpRoutes, Mirror, PARTS_PER_MILLION, PathRewrite, Redirect,
+    RedirectPort, RequestMatch, RetryPolicy, Rewrite, RouteRule, StringMatch, WAYPOINT_GATEWAY_CLASS, Waypoint,
+    WeightedDestination,
 };
 
 use crate::crds::networking as istio;
@@ -33,7 +34,7 @@ pub(super) fn duration(field: &str, text: Option<&String>) -> Result<Option<std:
     text.map(|t| routing::parse_duration(t).map_err(|e| format!("{field}: {e}"))).transpose()
 }
 
-fn refuse_unsupported(at: &str, fields: &[&str]) -> Result<(), String> {
+pub(super) fn refuse_unsupported(at: &str, fields: &[&str]) -> Result<(), String> {
     match fields {
         [] => Ok(()),
         _ => Err(format!("{at}: {} not supported by ambit", fields.join(", "))),
@@ -67,32 +68,82 @@ fn istio_rule(route: &istio::HttpRoute, namespace: &str, domain: &str) -> Result
     let lone = route.route.len() == 1;
     let mut destinations = Vec::new();
     for (index, d) in route.route.iter().enumerate() {
-        refuse_unsupported(&format!("route[{index}]"), &istio::set_fields(&[("headers", &d.headers)]))?;
         let weight = match d.weight {
             None if lone => 100,
             None => 0,
             Some(w) => u32::try_from(w).map_err(|_| format!("route[{index}]: weight {w} is negative"))?,
         };
-        let port = d.destination.port.as_ref().map(|p| port_number(p.number)).transpose()?;
-        let host = qualify(&d.destination.host, namespace, domain);
-        destinations.push(WeightedDestination { host, subset: d.destination.subset.clone(), port, weight });
+        let headers = d.headers.clone().unwrap_or_default();
+        destinations.push(WeightedDestination {
+            weight,
+            request_headers: header_operations(headers.request),
+            response_headers: header_operations(headers.response),
+            ..istio_destination(&d.destination, namespace, domain).map_err(|e| format!("route[{index}]: {e}"))?
+        });
     }
-    let retries = route.retries.as_ref().map(istio_retries).transpose()?;
-    let fault = route.fault.as_ref().map(istio_fault).transpose()?;
-    let timeout = duration("timeout", route.timeout.as_ref())?;
     let headers = route.headers.clone().unwrap_or_default();
     let rule = RouteRule {
         name: route.name.clone(),
         matches,
         destinations,
-        timeout,
-        retries,
-        fault,
+        timeout: duration("timeout", route.timeout.as_ref())?,
+        retries: route.retries.as_ref().map(istio_retries).transpose()?,
+        fault: route.fault.as_ref().map(istio_fault).transpose()?,
         request_headers: header_operations(headers.request),
         response_headers: header_operations(headers.response),
+        rewrite: route.rewrite.as_ref().map(istio_rewrite).transpose()?,
+        redirect: route.redirect.as_ref().map(istio_redirect).transpose()?,
+        mirrors: istio_mirrors(route, namespace, domain)?,
     };
     rule.check()?;
     Ok(rule)
+}
+
+fn istio_destination(d: &istio::Destination, namespace: &str, domain: &str) -> Result<WeightedDestination, String> {
+    let port = d.port.as_ref().map(|p| port_number(p.number)).transpose()?;
+    let host = qualify(&d.host, namespace, domain);
+    Ok(WeightedDestination { host, subset: d.subset.clone(), port, weight: 0, ..Default::default() })
+}
+
+fn istio_rewrite(rewrite: &istio::HttpRewrite) -> Result<Rewrite, String> {
+    refuse_unsupported("rewrite", &istio::set_fields(&[("uriRegexRewrite", &rewrite.uri_regex_rewrite)]))?;
+    Ok(Rewrite { path: rewrite.uri.clone().map(PathRewrite::Prefix), authority: rewrite.authority.clone() })
+}
+
+/// Istio's redirect: `uri` replaces the whole path; the port stays as the
+/// request had it unless `port` or `derivePort` says otherwise.
+fn istio_redirect(redirect: &istio::HttpRedirect) -> Result<Redirect, String> {
+    let port = match (redirect.port, redirect.derive_port.as_deref()) {
+        (Some(port), _) => RedirectPort::Exact(port_number(port)?),
+        (None, Some("FROM_PROTOCOL_DEFAULT")) => RedirectPort::SchemeDefault,
+        (None, Some("FROM_REQUEST_PORT")) => RedirectPort::Request,
+        (None, None) => RedirectPort::Keep,
+        (None, Some(other)) => {
+            return Err(format!("redirect.derivePort {other:?} is not FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"));
+        }
+    };
+    let status = redirect.redirect_code.unwrap_or(301);
+    Ok(Redirect {
+        scheme: redirect.scheme.clone(),
+        host: redirect.authority.clone(),
+        port,
+        path: redirect.uri.clone().map(PathRewrite::Full),
+        status: u16::try_from(status).map_err(|_| format!("redirect.redirectCode {status} is not a redirect"))?,
+    })
+}
+
+/// `mirrors`, and the deprecated `mirror` with `mirrorPercentage`.
+fn istio_mirrors(route: &istio::HttpRoute, namespace: &str, domain: &str) -> Result<Vec<Mirror>, String> {
+    let single = route.mirror.as_ref().map(|d| (d, route.mirror_percentage.as_ref()));
+    let listed = route.mirrors.iter().map(|m| (&m.destination, m.percentage.as_ref()));
+    single
+        .into_iter()
+        .chain(listed)
+        .map(|(destination, percentage)| {
+            let d = istio_destination(destination, namespace, domain).map_err(|e| format!("mirror: {e}"))?;
+            Ok(Mirror { host: d.host, subset: d.subset, port: d.port, ppm: ppm(percentage)? })
+        })
+        .collect()
 }
 
 /// Istio's header operations, names lower-cased (HTTP/2 and Envoy's form).
@@ -108,7 +159,7 @@ fn header_operations(ops: Option<istio::HeaderOperations>) -> mesh::config::rout
     }
 }
 
-fn port_number(number: u32) -> Result<u16, String> {
+pub(super) fn port_number(number: u32) -> Result<u16, String> {
     u16::try_from(number).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {number} is out of range"))
 }
 
@@ -145,11 +196,12 @@ fn istio_retries(r: &istio::HttpRetry) -> Result<RetryPolicy, String> {
         attempts,
         per_try_timeout: duration("retries.perTryTimeout", r.per_try_timeout.as_ref())?,
         retry_on: retry_on.collect(),
+        backoff: None,
     })
 }
 
 /// Istio's percentage is a double in 0..=100; absent means every request.
-fn ppm(percent: Option<&istio::Percent>) -> Result<u32, String> {
+pub(super) fn ppm(percent: Option<&istio::Percent>) -> Result<u32, String> {
     let value = percent.map_or(100.0, |p| p.value);
     if !(0.0..=100.0).contains(&value) {
         return Err(format!("percentage {value} is not between 0 and 100"));
@@ -183,86 +235,6 @@ fn istio_fault(f: &istio::HttpFaultInjection) -> Result<FaultInjection, String> 
         })
         .transpose()?;
     Ok(FaultInjection { delay, abort })
-}
-
-pub fn destination_rule(object: &istio::DestinationRule, domain: &str) -> Translated<DestinationPolicy> {
-    let (namespace, name) = name_of(&object.metadata)?;
-    let spec = &object.spec;
-    refuse_unsupported("spec", &istio::set_fields(&[("workloadSelector", &spec.workload_selector)]))?;
-    if spec.host.is_empty() {
-        return Err("spec.host is empty".into());
-    }
-    let mut subsets = Vec::new();
-    for subset in &spec.subsets {
-        if subset.name.is_empty() || subsets.iter().any(|s: &routing::Subset| s.name == subset.name) {
-            return Err(format!("subset name {:?} is empty or repeated", subset.name));
-        }
-        let traffic_policy = traffic_policy(subset.traffic_policy.as_ref())
-            .map_err(|e| format!("subset {}: trafficPolicy.{e}", subset.name))?;
-        subsets.push(routing::Subset { name: subset.name.clone(), labels: subset.labels.clone(), traffic_policy });
-    }
-    let traffic_policy = traffic_policy(spec.traffic_policy.as_ref()).map_err(|e| format!("trafficPolicy.{e}"))?;
-    Ok(Some(DestinationPolicy {
-        origin: format!("DestinationRule {namespace}/{name}"),
-        host: qualify(&spec.host, &namespace, domain),
-        subsets,
-        traffic_policy,
-    }))
-}
-
-fn traffic_policy(policy: Option<&istio::TrafficPolicy>) -> Result<routing::TrafficPolicy, String> {
-    let Some(policy) = policy else { return Ok(routing::TrafficPolicy::default()) };
-    let unsupported = istio::set_fields(&[
-        ("tls", &policy.tls),
-        ("loadBalancer", &policy.load_balancer),
-        ("portLevelSettings", &policy.port_level_settings),
-    ]);
-    if let Some(field) = unsupported.first() {
-        return Err(format!("{field} is not supported by ambit"));
-    }
-    let count = |field: &str, value: Option<i32>| {
-        value.map(|v| u32::try_from(v).map_err(|_| format!("{field} {v} is negative"))).transpose()
-    };
-    let connection_pool = policy
-        .connection_pool
-        .as_ref()
-        .map(|pool| {
-            let (tcp, http) = (pool.tcp.clone().unwrap_or_default(), pool.http.clone().unwrap_or_default());
-            Ok::<_, String>(routing::ConnectionPool {
-                max_connections: count("connectionPool.tcp.maxConnections", tcp.max_connections)?,
-                connect_timeout: duration("connectionPool.tcp.connectTimeout", tcp.connect_timeout.as_ref())?,
-                http1_max_pending_requests: count("http1MaxPendingRequests", http.http1_max_pending_requests)?,
-                http2_max_requests: count("http2MaxRequests", http.http2_max_requests)?,
-                max_requests_per_connection: count("maxRequestsPerConnection", http.max_requests_per_connection)?,
-                max_retries: count("maxRetries", http.max_retries)?,
-                idle_timeout: duration("connectionPool.http.idleTimeout", http.idle_timeout.as_ref())?,
-            })
-        })
-        .transpose()?;
-    let outlier_detection = policy.outlier_detection.as_ref().map(outlier_detection).transpose()?;
-    Ok(routing::TrafficPolicy { connection_pool, outlier_detection })
-}
-
-fn outlier_detection(o: &istio::OutlierDetection) -> Result<routing::OutlierDetection, String> {
-    let max_ejection_percent = o
-        .max_ejection_percent
-        .map(|p| u32::try_from(p).ok().filter(|p| *p <= 100).ok_or(format!("maxEjectionPercent {p} is not 0..100")))
-        .transpose()?;
-    // Istio's meaning of the deprecated `consecutiveErrors`: that many
-    // gateway errors eject, 5xx alone do not; the current fields, when set,
-    // have the last word.
-    let deprecated = o
-        .consecutive_errors
-        .map(|n| u32::try_from(n).map_err(|_| format!("outlierDetection.consecutiveErrors {n} is negative")))
-        .transpose()?
-        .filter(|n| *n > 0);
-    Ok(routing::OutlierDetection {
-        consecutive_5xx_errors: o.consecutive_5xx_errors.or(deprecated.map(|_| 0)),
-        consecutive_gateway_errors: o.consecutive_gateway_errors.or(deprecated),
-        interval: duration("outlierDetection.interval", o.interval.as_ref())?,
-        base_ejection_time: duration("outlierDetection.baseEjectionTime", o.base_ejection_time.as_ref())?,
-        max_ejection_percent,
-    })
 }
 
 /// The label that says what traffic a waypoint takes.

@@ -8,7 +8,7 @@ use mesh::config::routing::{StringMatch, waypoint_of};
 use super::{Outcome, Translator};
 use crate::resources::{Object, parse_documents};
 
-fn objects(yaml: &str) -> Vec<Object> {
+pub(super) fn objects(yaml: &str) -> Vec<Object> {
     match parse_documents(yaml) {
         Ok(parsed) => parsed.objects,
         Err(error) => panic!("test YAML does not parse: {error}"),
@@ -17,7 +17,7 @@ fn objects(yaml: &str) -> Vec<Object> {
 
 /// Upserts every object as one batch, then settles, as the reconciler does;
 /// returns the final outcome of each object in order.
-fn apply(translator: &mut Translator, yaml: &str) -> Vec<Outcome> {
+pub(super) fn apply(translator: &mut Translator, yaml: &str) -> Vec<Outcome> {
     let objects = objects(yaml);
     let mut outcomes: Vec<_> = objects.iter().map(|o| (o.key(), translator.upsert(o))).collect();
     for (key, outcome) in translator.settle() {
@@ -81,7 +81,7 @@ fn semantic_errors_are_rejected_and_the_last_good_version_stays() {
             "sum to 0",
         ),
         ("bad regex", VIRTUAL_SERVICE.replace("/api/v[0-9]+", "/api/v[0-9"), "does not compile"),
-        ("unsupported field", VIRTUAL_SERVICE.replace("    timeout: 2s\n", "    mirror: {host: shadow}\n"), "mirror"),
+        ("unsupported field", VIRTUAL_SERVICE.replace("    timeout: 2s\n", "    corsPolicy: {}\n"), "corsPolicy"),
         ("bad duration", VIRTUAL_SERVICE.replace("timeout: 2s", "timeout: soon"), "timeout"),
         ("bad percentage", VIRTUAL_SERVICE.replace("value: 12.5", "value: 120"), "percentage"),
     ];
@@ -149,10 +149,7 @@ fn bad_http_routes_are_rejected_and_ingress_routes_ignored() {
         ),
         (
             "a filter not implemented yet",
-            HTTP_ROUTE.replace(
-                "    timeouts:",
-                "    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: x, port: 1}}}]\n    timeouts:",
-            ),
+            HTTP_ROUTE.replace("    timeouts:", "    filters: [{type: CORS, cors: {}}]\n    timeouts:"),
             "not supported",
         ),
         (

@@ -12,6 +12,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod actions;
+mod policy;
+
+pub use actions::{HeaderOperations, Mirror, PathRewrite, Redirect, RedirectFrom, RedirectPort, Rewrite};
+pub use policy::{
+    ConnectionPool, DestinationPolicy, LoadBalancer, OutlierDetection, PortTrafficPolicy, Subset, TrafficPolicy,
+};
+
 use super::{Labels, MeshConfig, Service, Workload};
 
 /// The namespace or service label that sends a service's traffic through a
@@ -63,52 +71,16 @@ pub struct RouteRule {
     /// Applied to the response on its way back.
     #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
     pub response_headers: HeaderOperations,
-}
-
-/// Istio's `headers.request`/`headers.response`, and the Gateway API's
-/// header modifier filters: `set` overwrites, `add` appends a value,
-/// `remove` deletes. Names are lower case.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HeaderOperations {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub set: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub add: BTreeMap<String, String>,
+    /// Changes to the forwarded request's path and authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Answer with a redirect instead of forwarding (then `destinations`
+    /// is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Copies of the request sent elsewhere, answers discarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
-}
-
-impl HeaderOperations {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
-
-    /// Applies the operations to `headers`: remove, then set, then add.
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name.as_str());
-        }
-        let valid = |(name, value): (&String, &String)| {
-            Some((http::HeaderName::from_bytes(name.as_bytes()).ok()?, http::HeaderValue::from_str(value).ok()?))
-        };
-        for (name, value) in self.set.iter().filter_map(valid) {
-            headers.insert(name, value);
-        }
-        for (name, value) in self.add.iter().filter_map(valid) {
-            headers.append(name, value);
-        }
-    }
-
-    fn check(&self) -> Result<(), String> {
-        for name in self.set.keys().chain(self.add.keys()).chain(&self.remove) {
-            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{name:?} is not a header name"))?;
-        }
-        for value in self.set.values().chain(self.add.values()) {
-            http::HeaderValue::from_str(value).map_err(|_| format!("{value:?} is not a header value"))?;
-        }
-        Ok(())
-    }
+    pub mirrors: Vec<Mirror>,
 }
 
 /// Every present condition must hold.
@@ -169,6 +141,12 @@ pub struct WeightedDestination {
     pub port: Option<u16>,
     /// Relative to the rule's other destinations.
     pub weight: u32,
+    /// Applied when this destination is chosen, after the rule's own
+    /// (Istio's `route[].headers`).
+    #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
+    pub request_headers: HeaderOperations,
+    #[serde(default, skip_serializing_if = "HeaderOperations::is_empty")]
+    pub response_headers: HeaderOperations,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +159,10 @@ pub struct RetryPolicy {
     /// Envoy's retry conditions (`5xx`, `connect-failure`, `retriable-status-codes`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_on: Vec<String>,
+    /// The least wait before a retry (the Gateway API's `retry.backoff`);
+    /// Envoy's 25 ms when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,81 +189,6 @@ pub struct FaultAbort {
     pub http_status: u16,
     /// Of requests, in parts per million.
     pub ppm: u32,
-}
-
-/// What a DestinationRule says about one host.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DestinationPolicy {
-    pub origin: String,
-    pub host: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subsets: Vec<Subset>,
-    #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
-    pub traffic_policy: TrafficPolicy,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Subset {
-    pub name: String,
-    /// Endpoints whose labels include all of these.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
-    pub labels: Labels,
-    /// Overrides the host's policy, field by field.
-    #[serde(default, skip_serializing_if = "TrafficPolicy::is_empty")]
-    pub traffic_policy: TrafficPolicy,
-}
-
-/// Istio's connectionPool and outlierDetection, with Istio's defaults
-/// applied by the waypoint where a field is absent.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TrafficPolicy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<ConnectionPool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-impl TrafficPolicy {
-    pub fn is_empty(&self) -> bool {
-        self.connection_pool.is_none() && self.outlier_detection.is_none()
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConnectionPool {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
-    pub connect_timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http1_max_pending_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http2_max_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
-    pub idle_timeout: Option<Duration>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OutlierDetection {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_5xx_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_gateway_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
-    pub interval: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
-    pub base_ejection_time: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_ejection_percent: Option<u32>,
 }
 
 /// A Gateway of class `istio-waypoint`: an L7 proxy in its namespace.
@@ -371,6 +278,19 @@ fn check_rule(rule: &RouteRule) -> Result<(), String> {
     }
     rule.request_headers.check()?;
     rule.response_headers.check()?;
+    for destination in &rule.destinations {
+        destination.request_headers.check()?;
+        destination.response_headers.check()?;
+    }
+    if let Some(redirect) = &rule.redirect {
+        redirect.check()?;
+        if !rule.destinations.is_empty() {
+            return Err("a rule that redirects cannot also have destinations".into());
+        }
+    }
+    if let Some(rewrite) = &rule.rewrite {
+        rewrite.check()?;
+    }
     if !rule.destinations.is_empty() && rule.destinations.iter().all(|d| d.weight == 0) {
         return Err("the destination weights sum to 0".into());
     }
@@ -379,10 +299,11 @@ fn check_rule(rule: &RouteRule) -> Result<(), String> {
         .and_then(|f| f.delay.as_ref())
         .map(|d| d.ppm)
         .into_iter()
-        .chain(fault.and_then(|f| f.abort.as_ref()).map(|a| a.ppm));
+        .chain(fault.and_then(|f| f.abort.as_ref()).map(|a| a.ppm))
+        .chain(rule.mirrors.iter().map(|m| m.ppm));
     for ppm in ppms {
         if ppm > PARTS_PER_MILLION {
-            return Err(format!("fault percentage {ppm} ppm is over 100%"));
+            return Err(format!("percentage {ppm} ppm is over 100%"));
         }
     }
     Ok(())
