@@ -47,15 +47,26 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct HttpApp {
     task: JoinHandle<()>,
-    requests: Arc<AtomicU64>,
+    seen: Arc<Seen>,
+}
+
+/// Hosts kept in [`Seen`]; older ones are forgotten.
+const RECENT_HOSTS: usize = 64;
+
+/// What the app has received.
+#[derive(Debug, Default)]
+struct Seen {
+    requests: AtomicU64,
+    /// The `Host` (or `:authority`) of the latest requests, oldest first.
+    hosts: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 impl HttpApp {
     pub fn start(netns: &Netns, addr: SocketAddr, server: &str, version: &str) -> anyhow::Result<Self> {
         let listener = netns.listen(addr)?;
-        let requests = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Seen::default());
         let identity = Arc::new((server.to_owned(), version.to_owned()));
-        let counter = requests.clone();
+        let counter = seen.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (identity, counter) = (identity.clone(), counter.clone());
@@ -66,12 +77,17 @@ impl HttpApp {
                 });
             }
         });
-        Ok(Self { task, requests })
+        Ok(Self { task, seen })
     }
 
     /// Requests this pod has received.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    /// The hosts of the latest requests (up to 64), oldest first.
+    pub fn recent_hosts(&self) -> Vec<String> {
+        self.seen.hosts.lock().map(|h| h.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -86,10 +102,19 @@ type AppBody = UnsyncBoxBody<Bytes, BoxError>;
 
 async fn answer(
     identity: Arc<(String, String)>,
-    counter: Arc<AtomicU64>,
+    seen: Arc<Seen>,
     mut request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<AppBody>, Infallible> {
-    let nth = counter.fetch_add(1, Ordering::SeqCst) + 1;
+    let nth = seen.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let host = request.uri().authority().map(ToString::to_string).or_else(|| {
+        request.headers().get(hyper::header::HOST).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    });
+    if let (Some(host), Ok(mut hosts)) = (host, seen.hosts.lock()) {
+        if hosts.len() == RECENT_HOSTS {
+            hosts.pop_front();
+        }
+        hosts.push_back(host);
+    }
     if request.headers().get(hyper::header::UPGRADE).is_some_and(|v| v == "websocket") {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -115,11 +140,16 @@ async fn answer(
         |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (delay, fail_every, status) = (header("x-delay-ms"), header("x-fail-every"), header("x-status"));
     let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
-    let headers = request
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    // Repeated headers are joined with commas, as the Gateway API's echo
+    // server shows them.
+    let mut headers = std::collections::BTreeMap::<String, String>::new();
+    for (name, value) in request.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.to_string())
+            .and_modify(|v| *v = format!("{v},{value}"))
+            .or_insert_with(|| value.into_owned());
+    }
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -166,7 +196,8 @@ impl Client {
         Ok(Self { sender, authority: addr.to_string() })
     }
 
-    /// Sends one request: `method` `path` with `headers` and `body`.
+    /// Sends one request: `method` `path` with `headers` and `body`; `Host`
+    /// is the address connected to unless `headers` has one.
     pub async fn send(
         &mut self,
         method: &str,
@@ -174,7 +205,10 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> anyhow::Result<Reply> {
-        let mut request = http::Request::builder().method(method).uri(path).header(http::header::HOST, &self.authority);
+        let mut request = http::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+            request = request.header(http::header::HOST, &self.authority);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -17,6 +17,9 @@ pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
 pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
 /// CONNECTs for a destination this waypoint does not serve.
 pub const UNKNOWN_TARGETS: &str = "ambit_waypoint_unknown_targets_total";
+/// Copies of requests for mirrors, by result: sent, failed, timeout,
+/// over_limit (too many in flight), streamed_body (the body was not kept).
+pub const MIRRORED: &str = "ambit_waypoint_mirrored_requests_total";
 /// Connections refused at a connection limit, by limit.
 pub const REFUSED_CONNECTIONS: &str = "ambit_waypoint_refused_connections_total";
 
@@ -43,6 +46,7 @@ pub fn install() -> Result<PrometheusHandle, RecorderError> {
     metrics::describe_histogram!(REQUEST_BYTES, "Request body sizes, in bytes.");
     metrics::describe_histogram!(RESPONSE_BYTES, "Response body sizes, in bytes.");
     metrics::describe_counter!(UNKNOWN_TARGETS, "CONNECTs refused: not a destination this waypoint serves.");
+    metrics::describe_counter!(MIRRORED, "Copies of requests sent to mirrors (shadow traffic), by result.");
     metrics::describe_counter!(REFUSED_CONNECTIONS, "Connections refused at a connection limit.");
     metrics::counter!(UNKNOWN_TARGETS).absolute(0);
     metrics::gauge!("istio_build", "component" => "waypoint", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);

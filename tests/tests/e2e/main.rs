@@ -20,3 +20,4 @@ mod services;
 mod support;
 mod telemetry;
 mod waypoint;
+mod waypoint_actions;

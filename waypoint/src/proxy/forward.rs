@@ -16,20 +16,21 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use mesh::config::routing::RetryPolicy;
+use mesh::config::routing::{Mirror, RetryPolicy};
 
 use super::balance::{self, Destination, Endpoint};
 use super::body::{self, Body};
 use super::detect::Protocol;
 use super::log::Exchange;
 use super::respond::Failure;
-use super::{Context, Downstream};
+use super::{Context, Downstream, mirror};
 use crate::state::RouteTable;
 
 /// Request bodies up to this size, with a declared length, are kept so
 /// that a retry can send them again.
 pub const MAX_REPLAY_BYTES: u64 = 64 * 1024;
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
+#[cfg(test)]
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Envoy's retry conditions, as Istio's `retryOn` names them.
@@ -104,6 +105,8 @@ pub struct Plan {
     pub retries: u32,
     pub per_try_timeout: Option<Duration>,
     pub retry_on: RetryOn,
+    /// The least wait before a retry.
+    pub backoff: Duration,
 }
 
 impl Plan {
@@ -112,7 +115,13 @@ impl Plan {
     /// `retryOn` gets Istio's default conditions.
     pub fn new(timeout: Option<Duration>, retries: Option<&RetryPolicy>) -> Self {
         match retries {
-            None => Self { timeout, retries: 2, per_try_timeout: None, retry_on: RetryOn::istio_default() },
+            None => Self {
+                timeout,
+                retries: 2,
+                per_try_timeout: None,
+                retry_on: RetryOn::istio_default(),
+                backoff: BACKOFF_BASE,
+            },
             Some(policy) => Self {
                 timeout,
                 retries: policy.attempts,
@@ -122,6 +131,7 @@ impl Plan {
                 } else {
                     RetryOn::parse(&policy.retry_on)
                 },
+                backoff: policy.backoff.unwrap_or(BACKOFF_BASE),
             },
         }
     }
@@ -129,7 +139,7 @@ impl Plan {
 
 /// Why one attempt failed before a response arrived.
 #[derive(Debug)]
-enum AttemptFailure {
+pub(super) enum AttemptFailure {
     Connect { reason: String, denied: bool },
     Refused,
     Reset(String),
@@ -148,16 +158,10 @@ impl AttemptFailure {
 
     fn of(error: &hyper::Error) -> Self {
         let refused = std::error::Error::source(error)
-            .and_then(|e| e.downcast_ref::<h2_reason::H2Error>())
-            .is_some_and(|e| e.reason() == Some(h2_reason::REFUSED_STREAM));
+            .and_then(|e| e.downcast_ref::<h2::Error>())
+            .is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM));
         if refused { Self::Refused } else { Self::Reset(error.to_string()) }
     }
-}
-
-/// Access to h2's error type through hyper's error source.
-mod h2_reason {
-    pub use h2::{Error as H2Error, Reason};
-    pub const REFUSED_STREAM: Reason = Reason::REFUSED_STREAM;
 }
 
 /// A request body, kept for replay or sent once.
@@ -192,6 +196,14 @@ impl RequestBody {
         matches!(self, Self::Kept(_))
     }
 
+    /// The body, when it was kept.
+    fn kept(&self) -> Option<&Bytes> {
+        match self {
+            Self::Kept(bytes) => Some(bytes),
+            Self::Once(_) => None,
+        }
+    }
+
     fn len(&self) -> u64 {
         match self {
             Self::Kept(bytes) => bytes.len() as u64,
@@ -204,10 +216,12 @@ impl RequestBody {
 pub struct Forward<'a> {
     pub ctx: &'a Arc<Context>,
     pub table: &'a RouteTable,
-    pub downstream: &'a Downstream,
+    pub downstream: &'a Arc<Downstream>,
     pub destination: Destination<'a>,
     pub protocol: Protocol,
     pub plan: Plan,
+    /// Where copies of the request go.
+    pub mirrors: &'a [Mirror],
 }
 
 impl Forward<'_> {
@@ -224,11 +238,14 @@ impl Forward<'_> {
     async fn attempts(&self, parts: Parts, body: Incoming, exchange: &mut Exchange) -> Result<Response<Body>, Failure> {
         let mut body = RequestBody::new(body).await?;
         exchange.request_bytes = body.len();
+        if !self.mirrors.is_empty() {
+            mirror::send(self.ctx, self.downstream, self.protocol, self.mirrors, &parts, body.kept());
+        }
         let mut attempt = 0;
         loop {
             let endpoint = balance::pick(
                 self.table,
-                &self.ctx.loads,
+                &self.ctx.balancers,
                 &self.downstream.target,
                 &self.destination,
                 &self.ctx.identity.trust_domain,
@@ -252,12 +269,12 @@ impl Forward<'_> {
                 _ => {}
             }
             attempt += 1;
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(backoff(self.plan.backoff, attempt)).await;
         }
     }
 
     async fn attempt(&self, endpoint: &Endpoint, request: Request<Body>) -> Result<Response<Incoming>, AttemptFailure> {
-        let _in_flight = self.ctx.loads.start(endpoint.addr.ip());
+        let _in_flight = self.ctx.balancers.start(endpoint.addr.ip());
         let send = send_once(self.ctx, endpoint, self.downstream.client_ip, self.protocol, request);
         match self.plan.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or(Err(AttemptFailure::Timeout)),
@@ -266,7 +283,7 @@ impl Forward<'_> {
     }
 }
 
-async fn send_once(
+pub(super) async fn send_once(
     ctx: &Context,
     endpoint: &Endpoint,
     client: IpAddr,
@@ -289,7 +306,7 @@ async fn send_once(
     Ok(response)
 }
 
-fn clone_parts(parts: &Parts) -> Parts {
+pub(super) fn clone_parts(parts: &Parts) -> Parts {
     let mut builder = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
     if let Some(headers) = builder.headers_mut() {
         *headers = parts.headers.clone();
@@ -299,10 +316,11 @@ fn clone_parts(parts: &Parts) -> Parts {
     cloned
 }
 
-/// Envoy's: exponential from 25 ms, at most 250 ms, fully jittered.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.min(8)).min(BACKOFF_MAX);
-    ceiling.mul_f64(rand::random_range(0.0..1.0))
+/// Envoy's: exponential from `base` (25 ms by default), at most ten times
+/// that, jittered, but never under `base` (the Gateway API's minimum).
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << attempt.min(8)).min(base.saturating_mul(10));
+    base + (ceiling.saturating_sub(base)).mul_f64(rand::random_range(0.0..1.0))
 }
 
 #[cfg(test)]
@@ -341,6 +359,8 @@ mod tests {
 
     #[test]
     fn backoff_stays_under_envoys_ceiling() {
-        assert!((1..20).all(|attempt| backoff(attempt) <= BACKOFF_MAX));
+        assert!((1..20).all(|attempt| backoff(BACKOFF_BASE, attempt) <= BACKOFF_MAX));
+        let base = Duration::from_millis(100);
+        assert!((1..20).all(|attempt| backoff(base, attempt) >= base), "never sooner than the route asks");
     }
 }

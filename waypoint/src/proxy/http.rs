@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,7 +22,8 @@ use super::forward::{Forward, Plan};
 use super::log::{Exchange, Peer};
 use super::respond::Failure;
 use super::route::{self, Selected};
-use super::{Context, Downstream, authorize};
+use super::{Context, Downstream, actions, authorize};
+use crate::state::RouteTable;
 
 /// A request's headers, at most (larger: 431, from hyper).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -79,39 +81,10 @@ async fn handle(
 ) -> Response<Observed> {
     let table = ctx.state.current();
     let client_upgrade = request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let source = table.snapshot.workload_by_ip(downstream.client_ip).map(|w| Peer::of(w, &downstream.identity));
     let mut exchange = Box::new(Exchange::new(downstream.clone(), source, &parts, ctx.cluster_id.clone()));
-    let result = async {
-        authorize::check(&table, &ctx, &downstream, Some(&parts))?;
-        let selected = route::select(&table, &downstream.target, &parts)?;
-        let (destination, plan, response_headers) = match selected {
-            Selected::Direct => (direct(&downstream), Plan::new(None, None), None),
-            Selected::Rule { rule, origin } => {
-                exchange.route = Some(origin.to_owned());
-                if let Some(delay) = route::fault_delay(rule) {
-                    exchange.add_flag("DI");
-                    tokio::time::sleep(delay).await;
-                }
-                if let Some(status) = route::fault_abort(rule) {
-                    return Err(Failure::FaultAbort(status));
-                }
-                let chosen = route::pick_destination(rule)?;
-                let destination =
-                    Destination { host: &chosen.host, subset: chosen.subset.as_deref(), port: chosen.port };
-                rule.request_headers.apply(&mut parts.headers);
-                (destination, Plan::new(rule.timeout, rule.retries.as_ref()), Some(&rule.response_headers))
-            }
-        };
-        prepare_headers(&mut parts.headers, protocol);
-        let forward = Forward { ctx: &ctx, table: &table, downstream: &downstream, destination, protocol, plan };
-        let mut response = forward.send(parts, body, &mut exchange).await?;
-        if let Some(operations) = response_headers {
-            operations.apply(response.headers_mut());
-        }
-        Ok(response)
-    }
-    .await;
+    let result = route_and_forward(&ctx, &table, &downstream, protocol, parts, body, &mut exchange).await;
     let response = match result {
         Ok(mut response) => {
             let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -132,6 +105,62 @@ async fn handle(
     exchange.status = response.status().as_u16();
     exchange.note_grpc_status(response.headers());
     response.map(|body: Body| Observed::new(body, exchange))
+}
+
+/// Phases 3–6: authorize, route (with the rule's faults and actions),
+/// then balance and forward.
+async fn route_and_forward(
+    ctx: &Arc<Context>,
+    table: &RouteTable,
+    downstream: &Arc<Downstream>,
+    protocol: Protocol,
+    mut parts: Parts,
+    body: Incoming,
+    exchange: &mut Exchange,
+) -> Result<Response<Body>, Failure> {
+    authorize::check(table, ctx, downstream, Some(&parts))?;
+    let (destination, plan, mirrors, response_headers) = match route::select(table, &downstream.target, &parts)? {
+        Selected::Direct => (direct(downstream), Plan::new(None, None), &[][..], Vec::new()),
+        Selected::Rule { rule, origin, matched } => {
+            exchange.route = Some(origin.to_owned());
+            if let Some(delay) = route::fault_delay(rule) {
+                exchange.add_flag("DI");
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = route::fault_abort(rule) {
+                return Err(Failure::FaultAbort(status));
+            }
+            if let Some(redirect) = &rule.redirect {
+                let (host, port) = target_host_port(downstream);
+                return Ok(actions::redirect(redirect, &parts, port, host, matched));
+            }
+            let chosen = route::pick_destination(rule)?;
+            rule.request_headers.apply(&mut parts.headers);
+            chosen.request_headers.apply(&mut parts.headers);
+            if let Some(rewrite) = &rule.rewrite {
+                actions::rewrite(rewrite, &mut parts, matched);
+            }
+            let destination = Destination { host: &chosen.host, subset: chosen.subset.as_deref(), port: chosen.port };
+            let plan = Plan::new(rule.timeout, rule.retries.as_ref());
+            (destination, plan, rule.mirrors.as_slice(), vec![&rule.response_headers, &chosen.response_headers])
+        }
+    };
+    prepare_headers(&mut parts.headers, protocol);
+    let forward = Forward { ctx, table, downstream, destination, protocol, plan, mirrors };
+    let mut response = forward.send(parts, body, exchange).await?;
+    for operations in response_headers {
+        operations.apply(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// The service host and port the client asked for (for a redirect's
+/// `Location` when the request carries no authority).
+fn target_host_port(downstream: &Downstream) -> (&str, u16) {
+    match &downstream.target {
+        super::Target::Service { hostname, port, .. } => (hostname, *port),
+        super::Target::Workload { addr } => ("", addr.port()),
+    }
 }
 
 /// After a 101 on both sides (WebSocket and other upgrades), the two

@@ -7,12 +7,13 @@
 //!    ([`opaque`] forwards that with L4 policy only).
 //! 3. [`authorize`]: AuthorizationPolicies bound to the waypoint (403, `RBAC`).
 //! 4. [`route`]: the service's first matching rule (404, `NR`), its faults
-//!    (`FI`, `DI`), and a weighted destination.
+//!    (`FI`, `DI`), a weighted destination, and the rule's [`actions`]:
+//!    a redirect answers at once, a rewrite changes path and authority.
 //! 5. [`balance`]: an endpoint of the destination (or its subset) by its
 //!    load balancer (503, `UH`, when there is none).
 //! 6. [`forward`]: an HBONE tunnel to the endpoint as the waypoint
 //!    ([`upstream`] keeps the connections), the request with its timeout and
-//!    retries (504, `UT`; 503, `UF`/`URX`).
+//!    retries (504, `UT`; 503, `UF`/`URX`); [`mirror`] sends shadow copies.
 //! 7. [`respond`]: the waypoint's own answers, Envoy's bodies and flags.
 //! 8. [`log`]: `istio_request*` metrics and the access line, once the
 //!    response has ended.
@@ -20,6 +21,7 @@
 //! [`http`] runs phases 3–8 for each request of a connection.
 
 pub mod accept;
+mod actions;
 mod authorize;
 mod balance;
 mod body;
@@ -27,6 +29,7 @@ mod detect;
 mod forward;
 mod http;
 mod log;
+mod mirror;
 mod opaque;
 mod respond;
 mod route;
@@ -55,7 +58,8 @@ pub struct Context {
     pub gateway: (String, String),
     pub cluster_id: Arc<str>,
     pub upstreams: upstream::Upstreams,
-    pub loads: balance::Loads,
+    pub balancers: balance::Balancers,
+    pub mirrors: mirror::Mirrors,
     next_id: AtomicU64,
 }
 
@@ -75,7 +79,8 @@ impl Context {
             gateway,
             cluster_id: settings.cluster_id.into(),
             upstreams,
-            loads: balance::Loads::default(),
+            balancers: balance::Balancers::default(),
+            mirrors: mirror::Mirrors::default(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -25,11 +25,11 @@ pub async fn forward(ctx: &Arc<Context>, downstream: &Downstream, mut io: Prefix
     };
     let destination = Destination { host, subset: None, port: None };
     let trust_domain = &ctx.identity.trust_domain;
-    let Ok(endpoint) = balance::pick(&table, &ctx.loads, &downstream.target, &destination, trust_domain) else {
+    let Ok(endpoint) = balance::pick(&table, &ctx.balancers, &downstream.target, &destination, trust_domain) else {
         return flag("UH");
     };
     drop(table);
-    let _in_flight = ctx.loads.start(endpoint.addr.ip());
+    let _in_flight = ctx.balancers.start(endpoint.addr.ip());
     let Ok(mut upstream) = ctx.upstreams.tunnel(&endpoint, downstream.client_ip).await else {
         return flag("UF");
     };

@@ -16,8 +16,9 @@ use crate::state::RouteTable;
 /// What routing decided for a request.
 #[derive(Debug)]
 pub enum Selected<'a> {
-    /// A rule of the route object named `origin`.
-    Rule { rule: &'a RouteRule, origin: &'a str },
+    /// A rule of the route object named `origin`, and the match that
+    /// selected it (none when the rule has no matches).
+    Rule { rule: &'a RouteRule, origin: &'a str, matched: Option<&'a RequestMatch> },
     /// No routes: the service (or pod) the client asked for.
     Direct,
 }
@@ -27,15 +28,16 @@ pub fn select<'a>(table: &'a RouteTable, target: &Target, request: &Parts) -> Re
     let mut any = false;
     for routes in table.routes_for(hostname) {
         any = true;
-        if let Some(rule) = routes.rules.iter().find(|rule| rule_matches(table, rule, request, *port)) {
-            return Ok(Selected::Rule { rule, origin: &routes.origin });
+        for rule in &routes.rules {
+            if rule.matches.is_empty() {
+                return Ok(Selected::Rule { rule, origin: &routes.origin, matched: None });
+            }
+            if let Some(matched) = rule.matches.iter().find(|m| request_matches(table, m, request, *port)) {
+                return Ok(Selected::Rule { rule, origin: &routes.origin, matched: Some(matched) });
+            }
         }
     }
     if any { Err(Failure::NoRoute) } else { Ok(Selected::Direct) }
-}
-
-fn rule_matches(table: &RouteTable, rule: &RouteRule, request: &Parts, port: u16) -> bool {
-    rule.matches.is_empty() || rule.matches.iter().any(|m| request_matches(table, m, request, port))
 }
 
 fn request_matches(table: &RouteTable, m: &RequestMatch, request: &Parts, port: u16) -> bool {
@@ -97,7 +99,7 @@ pub fn fault_abort(rule: &RouteRule) -> Option<u16> {
     hit(abort.ppm).then_some(abort.http_status)
 }
 
-fn hit(ppm: u32) -> bool {
+pub fn hit(ppm: u32) -> bool {
     ppm > 0 && rand::random_range(0..PARTS_PER_MILLION) < ppm
 }
 
