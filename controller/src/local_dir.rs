@@ -4,7 +4,8 @@
 //!
 //! Each `.yaml`/`.yml` file is read whole. A file that does not parse keeps
 //! the objects it held before (the last good version); the error is logged
-//! and counted. Only what changed since the last read reaches translation.
+//! and counted. Services without a ClusterIP get one ([`ClusterIps`]), as
+//! the API server would give them. Only what changed since the last read reaches translation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use mesh::dir_watch::DirWatch;
 use mesh::drain::Drain;
 use tracing::{error, warn};
 
+use crate::cluster_ips::ClusterIps;
 use crate::metrics::RECONCILE_ERRORS;
 use crate::reconcile::{Change, Reconciler};
 use crate::resources::{Object, ObjectKey, parse_documents};
@@ -26,11 +28,17 @@ pub struct LocalDir {
     files: BTreeMap<PathBuf, Objects>,
     /// All objects as last handed to translation.
     current: Objects,
+    cluster_ips: ClusterIps,
 }
 
 impl LocalDir {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_owned(), files: BTreeMap::new(), current: Objects::new() }
+        Self {
+            dir: dir.to_owned(),
+            files: BTreeMap::new(),
+            current: Objects::new(),
+            cluster_ips: ClusterIps::default(),
+        }
     }
 
     /// Reads the directory and returns what changed since the last read.
@@ -56,7 +64,8 @@ impl LocalDir {
             }
         }
         self.files = seen;
-        let next: Objects = self.files.values().flat_map(|objects| objects.clone()).collect();
+        let mut next: Objects = self.files.values().flat_map(|objects| objects.clone()).collect();
+        self.cluster_ips.assign(&mut next);
         let changes = diff(&self.current, &next);
         self.current = next;
         Ok(changes)

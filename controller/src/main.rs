@@ -5,6 +5,7 @@
 
 mod app;
 mod authority;
+mod cluster_ips;
 mod crds;
 mod credentials;
 mod kube_ca;

@@ -12,6 +12,7 @@ mod enrollment;
 mod fail_closed;
 mod hbone;
 mod hostile;
+mod istio_tasks;
 mod kubernetes;
 mod new_pods;
 mod routing;

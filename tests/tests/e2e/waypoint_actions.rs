@@ -185,10 +185,7 @@ async fn istio_rewrite_redirect_and_mirror() {
     bed.apply("vs.yaml", ISTIO_ACTIONS).await.unwrap();
     let mut client = bed.client("client").await.unwrap();
     let moved = client.get("/old/page?x=1", &[("host", "reviews:9080")]).await.unwrap();
-    assert_eq!(
-        (moved.status, moved.headers["location"].to_str().ok()),
-        (301, Some("http://reviews.shop/new?x=1"))
-    );
+    assert_eq!((moved.status, moved.headers["location"].to_str().ok()), (301, Some("http://reviews.shop/new?x=1")));
     let answer = client.get("/api/users?page=2", &[]).await.unwrap().answer.unwrap();
     assert_eq!((answer.version.as_str(), answer.path.as_str()), ("v1", "/v2/users"));
     assert_eq!(answer.headers.get("host").map(String::as_str), Some("ratings.shop"));
