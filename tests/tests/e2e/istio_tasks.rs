@@ -17,7 +17,7 @@ use ambit_tests::waypoint::{L7Bed, RATINGS_VIP, REVIEWS_PORT};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/istio-tasks");
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).expect("a task fixture")
 }
 
 /// Applies the task file `name` as step `step`.
