@@ -20,6 +20,7 @@ pub mod kube_objects;
 pub mod netns;
 pub mod pcap;
 pub mod process;
+pub mod raw_h2;
 pub mod sample;
 pub mod sample_http;
 pub mod topology;

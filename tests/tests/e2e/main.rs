@@ -22,3 +22,4 @@ mod support;
 mod telemetry;
 mod waypoint;
 mod waypoint_actions;
+mod waypoint_attacks;
