@@ -176,16 +176,20 @@ impl L7Bed {
     }
 
     /// Writes `yaml` as the file `name` in the controller's directory, as
-    /// a user would `kubectl apply` it, and waits until the waypoint has
-    /// applied the config it leads to.
+    /// a user would `kubectl apply` it, and waits until the waypoint and
+    /// every ztunnel have applied the config it leads to.
     pub async fn apply(&mut self, name: &str, yaml: &str) -> anyhow::Result<()> {
         self.cluster.control.as_ref().context("no controller")?.write_objects(name, yaml)?;
         let next = self.applied + 1;
-        self.waypoint()
-            .wait_for_log(&format!("config version {next}"), WAIT, |r| {
-                r["message"] == "config applied" && r["version"].as_u64() >= Some(next)
-            })
-            .await?;
+        let applied = |version: u64| {
+            move |r: &serde_json::Value| r["message"] == "config applied" && r["version"].as_u64() >= Some(version)
+        };
+        let record = self.waypoint().wait_for_log(&format!("config version {next}"), WAIT, applied(next)).await?;
+        let version = record["version"].as_u64().unwrap_or(next);
+        for node in 0..self.cluster.nodes.len() {
+            let what = format!("node {node} at config version {version}");
+            self.cluster.ztunnel(node).wait_for_log(&what, WAIT, applied(version)).await?;
+        }
         self.applied = next;
         Ok(())
     }

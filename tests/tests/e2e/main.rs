@@ -23,3 +23,4 @@ mod telemetry;
 mod waypoint;
 mod waypoint_actions;
 mod waypoint_attacks;
+mod waypoint_grpc;
