@@ -170,7 +170,11 @@ async fn l7_kinds_are_validated_streamed_and_reported() {
             VIRTUAL_SERVICE.replace("  - route:", "  - match: [{uri: {regex: '/v[0-9'}}]\n    route:"),
             "does not compile",
         ),
-        (5, VIRTUAL_SERVICE.replace("  - route:", "  - mirror: {host: shadow}\n    route:"), "mirror"),
+        (
+            5,
+            VIRTUAL_SERVICE.replace("  - route:", "  - corsPolicy: {allowOrigins: [{exact: x}]}\n    route:"),
+            "corsPolicy",
+        ),
     ];
     for (generation, bad, reason) in cases {
         bed.cluster.control().kube_apply(&bad).await.unwrap();
