@@ -121,7 +121,7 @@ impl L7Bed {
     /// Adds the waypoint's pod, Service and Gateway, starts the controller,
     /// the apps (on [`APP_PORT`], or [`REVIEWS_PORT`] with no `tcp_port`; and
     /// a TCP sample server on `tcp_port`), the ztunnels and the waypoint.
-    async fn launch(
+    pub async fn launch(
         mut cluster: Cluster,
         namespace: &'static str,
         waypoint_for: &str,
@@ -244,7 +244,7 @@ impl L7Bed {
 
 /// A cluster of two nodes whose `namespace` is enrolled and uses the
 /// waypoint named `waypoint`.
-fn enrolled_cluster(namespace: &str) -> anyhow::Result<Cluster> {
+pub fn enrolled_cluster(namespace: &str) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::new(2, false)?;
     cluster.set_namespace_labels(
         namespace,
@@ -253,7 +253,8 @@ fn enrolled_cluster(namespace: &str) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-fn pod_spec(namespace: &str, name: &str, account: &str, extra: &[(&str, &str)]) -> PodSpec {
+/// A pod in `namespace` with service account `account` and labels `extra`.
+pub fn pod_spec(namespace: &str, name: &str, account: &str, extra: &[(&str, &str)]) -> PodSpec {
     PodSpec {
         name: name.into(),
         namespace: namespace.into(),

@@ -54,6 +54,8 @@ enum Suite {
     L4,
     /// ztunnel's resident memory: idle, with many tunnels, under bulk load.
     Memory,
+    /// The waypoint against direct, ztunnels only, nginx and haproxy.
+    L7,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +68,11 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { suite: Suite::L4, bench_args } => bench(&bench_args),
         Task::Bench { suite: Suite::Memory, bench_args } => {
             bench(&[&["--memory".to_owned()][..], &bench_args].concat())
+        }
+        Task::Bench { suite: Suite::L7, bench_args } => {
+            // The peers the waypoint is measured against.
+            setup::apt_install(&["nginx", "haproxy"])?;
+            bench(&[&["--l7".to_owned()][..], &bench_args].concat())
         }
     }
 }

@@ -3,12 +3,16 @@
 //! enrolled); the tunnel is `n1-a` → `n2-a` (enrolled, cross-node HBONE).
 //! Each figure is the median over alternating runs, and every comparison is
 //! a ratio (or difference) to direct measured minutes apart, because this
-//! machine's speed drifts. Writes a table into BENCHMARKS.md.
+//! machine's speed drifts. Writes a table into BENCHMARKS.md. `--memory`
+//! and `--l7` run the other suites (`cargo xtask bench memory|l7`).
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::unwrap_used, reason = "a benchmark reports to its user")]
 
+mod l7;
+mod l7_report;
 mod measure;
 mod memory;
+mod peers;
 mod procstat;
 mod report;
 
@@ -48,6 +52,10 @@ struct Args {
     /// bench memory`).
     #[arg(long)]
     memory: bool,
+    /// Instead of the L4 suite, the waypoint against direct, ztunnels only,
+    /// nginx and haproxy (`cargo xtask bench l7`).
+    #[arg(long)]
+    l7: bool,
 }
 
 impl Args {
@@ -62,6 +70,13 @@ const HTTP_PORT: u16 = 8081;
 async fn main() -> anyhow::Result<()> {
     ambit_tests::require_root();
     let args = Args::parse();
+    if args.l7 {
+        let markdown = l7::run(args.runs, args.seconds).await?.markdown(&machine());
+        println!("\n{markdown}");
+        report::write_section(&args.output, "l7", &markdown)?;
+        println!("written to {}", args.output.display());
+        return Ok(());
+    }
     let ztunnel_args: Vec<&str> = args.ztunnel_args.iter().map(String::as_str).collect();
     let bed = Standard::start_with_args(&ztunnel_args).await?;
     let paths = Paths::new(&bed);

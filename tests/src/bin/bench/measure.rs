@@ -15,12 +15,13 @@ use tokio::process::Command;
 pub struct Latency {
     pub p50: Duration,
     pub p99: Duration,
+    pub p999: Duration,
 }
 
 pub fn percentiles(mut samples: Vec<Duration>) -> Latency {
     samples.sort_unstable();
     let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
-    Latency { p50: at(0.50), p99: at(0.99) }
+    Latency { p50: at(0.50), p99: at(0.99), p999: at(0.999) }
 }
 
 /// Single-stream TCP throughput from `client` to `server_ip`, in Gbit/s.
@@ -149,6 +150,7 @@ pub async fn oha(client: &Netns, url: &str, seconds: u32, flags: &[&str]) -> any
         latency: Latency {
             p50: seconds(&report["latencyPercentiles"]["p50"]),
             p99: seconds(&report["latencyPercentiles"]["p99"]),
+            p999: seconds(&report["latencyPercentiles"]["p99.9"]),
         },
     })
 }

@@ -22,11 +22,12 @@ pub struct Usage {
     pub busy_cores: f64,
 }
 
-fn ticks_per_second() -> f64 {
+pub fn ticks_per_second() -> f64 {
     100.0 // USER_HZ is 100 on Linux for /proc accounting.
 }
 
-fn agent_ticks(pid: u32) -> u64 {
+/// A process's own CPU time (utime + stime), in clock ticks.
+pub fn agent_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command: utime is 14th, stime 15th overall.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
@@ -35,7 +36,8 @@ fn agent_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
-fn machine_ticks() -> (u64, u64) {
+/// The machine's (busy, total) ticks over all CPUs.
+pub fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = stat.lines().next().unwrap_or("");
     let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
@@ -75,4 +77,19 @@ pub fn rss_mib(pid: u32) -> (f64, f64) {
 /// so a later peak is the peak of what ran in between.
 pub fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// `pid` and its children (nginx's master and workers), from /proc.
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let parent_of = |child: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok())
+    };
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| parent_of(child) == Some(pid));
+    std::iter::once(pid).chain(children).collect()
 }
