@@ -7,7 +7,7 @@
 //! `namespace/name`. A config's lists are kept sorted by key
 //! ([`MeshConfig::canonicalize`]), so equal configs compare equal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +104,23 @@ impl<T: Keyed + Clone + PartialEq> KindDelta<T> {
     pub fn is_empty(&self) -> bool {
         self.upserted.is_empty() && self.removed.is_empty()
     }
+
+    /// This delta followed by `later`, as one: what `later` upserts or
+    /// removes replaces what this one said about the same key.
+    fn then(&mut self, later: &Self) {
+        if later.is_empty() {
+            return;
+        }
+        let upserted_later: BTreeSet<String> = later.upserted.iter().map(Keyed::object_key).collect();
+        let removed_later: BTreeSet<&String> = later.removed.iter().collect();
+        self.upserted.retain(|object| {
+            let key = object.object_key();
+            !upserted_later.contains(&key) && !removed_later.contains(&key)
+        });
+        self.upserted.extend(later.upserted.iter().cloned());
+        self.removed.retain(|key| !upserted_later.contains(key) && !removed_later.contains(key));
+        self.removed.extend(later.removed.iter().cloned());
+    }
 }
 
 /// Everything that changed from one config to the next.
@@ -145,6 +162,21 @@ impl ConfigDelta {
             waypoints: KindDelta::between(&old.waypoints, &new.waypoints),
             root_namespace: new.root_namespace.clone(),
         }
+    }
+
+    /// This delta followed by `later`, as one delta: applying it to a
+    /// config equals applying both in turn. A resuming or slow agent gets
+    /// the composition of the versions it missed, not a diff of two configs.
+    pub fn then(&mut self, later: &ConfigDelta) {
+        self.namespaces.then(&later.namespaces);
+        self.workloads.then(&later.workloads);
+        self.services.then(&later.services);
+        self.authorization_policies.then(&later.authorization_policies);
+        self.peer_authentications.then(&later.peer_authentications);
+        self.http_routes.then(&later.http_routes);
+        self.destination_policies.then(&later.destination_policies);
+        self.waypoints.then(&later.waypoints);
+        self.root_namespace.clone_from(&later.root_namespace);
     }
 
     /// `base` with this delta applied (lists come out sorted by key).
@@ -243,6 +275,27 @@ mod tests {
         let json = serde_json::to_string(&delta).unwrap_or_default();
         assert_eq!(serde_json::from_str::<ConfigDelta>(&json).ok(), Some(delta.clone()));
         assert_eq!(delta.apply(&old), old);
+    }
+
+    /// Composed deltas over a chain of configs equal the direct delta's
+    /// effect, whatever each step added, changed or removed.
+    #[test]
+    fn composed_steps_equal_one_delta() {
+        let ws = |spec: &[(&str, &str)]| spec.iter().map(|(uid, node)| workload(uid, node)).collect::<Vec<_>>();
+        let chain = [
+            config(ws(&[("a", "n1"), ("b", "n1")]), &["x"]),
+            config(ws(&[("a", "n2"), ("c", "n1")]), &["x", "y"]),
+            config(ws(&[("c", "n1")]), &["y"]),
+            config(ws(&[("a", "n1"), ("c", "n3")]), &["x"]),
+            config(ws(&[("a", "n1"), ("b", "n2"), ("c", "n3")]), &[]),
+        ];
+        for start in 0..chain.len() {
+            let mut composed = ConfigDelta::between(&chain[start], &chain[start]);
+            for step in chain[start..].windows(2) {
+                composed.then(&ConfigDelta::between(&step[0], &step[1]));
+                assert_eq!(composed.apply(&chain[start]), step[1], "from config {start}");
+            }
+        }
     }
 
     #[test]
