@@ -2,6 +2,8 @@
 
 pub const CONNECTED_AGENTS: &str = "ambit_controller_connected_agents";
 pub const PUSH_SECONDS: &str = "ambit_controller_push_seconds";
+/// Bytes of config updates handed to agents, by kind (full or delta).
+pub const UPDATE_BYTES: &str = "ambit_controller_update_bytes_total";
 pub const CONFIG_VERSION: &str = "ambit_controller_config_version";
 pub const RECONCILE_ERRORS: &str = "ambit_controller_reconcile_errors_total";
 pub const CERTIFICATES: &str = "ambit_controller_certificates_total";
@@ -13,8 +15,10 @@ pub fn describe() {
     metrics::describe_histogram!(
         PUSH_SECONDS,
         metrics::Unit::Seconds,
-        "From a config version's publication to its hand-over to an agent's connection."
+        "From when an agent could first have had a config version (its publication, or the agent's connection if \
+         later) to its hand-over to that agent's connection."
     );
+    metrics::describe_counter!(UPDATE_BYTES, metrics::Unit::Bytes, "Config update bytes sent to agents, by kind.");
     metrics::describe_gauge!(CONFIG_VERSION, "The config version in force.");
     metrics::describe_counter!(RECONCILE_ERRORS, "Objects or configs rejected, by kind.");
     metrics::describe_counter!(CERTIFICATES, "Certificate requests, by result (issued or refused).");

@@ -1,17 +1,34 @@
-//! The published config: versioned, with the last few versions kept so a
-//! reconnecting agent can get a delta instead of the world. Publishing
-//! never waits for agents: each follows the store at its own pace through a
+//! The published config: versioned, each version with its delta from the
+//! one before, computed and encoded once for every agent. Earlier versions
+//! are kept as deltas only (bounded in count and in encoded bytes), so a
+//! reconnecting or slow agent gets the composition of the steps it missed;
+//! one that fell further behind gets the full config. Publishing never
+//! waits for agents: each follows the store at its own pace through a
 //! watch channel, which keeps only the newest version.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use mesh::config::MeshConfig;
+use mesh::config::delta::ConfigDelta;
+use mesh::control::{Update, UpdateBody};
 use tokio::sync::watch;
 
-/// Versions kept for resuming agents.
-const HISTORY: usize = 64;
+/// Steps kept for resuming agents: at most this many versions…
+const HISTORY_VERSIONS: usize = 1024;
+/// …and at most this many bytes of encoded deltas.
+const HISTORY_BYTES: usize = 16 << 20;
+
+/// The change from `version - 1` to `version` (cheap to clone: the delta
+/// is shared).
+#[derive(Clone, Debug)]
+struct Step {
+    version: u64,
+    delta: Arc<ConfigDelta>,
+    encoded_len: usize,
+}
 
 #[derive(Debug)]
 pub struct Published {
@@ -20,28 +37,73 @@ pub struct Published {
     pub config: Arc<MeshConfig>,
     /// When this version was published (for push latency).
     pub at: Instant,
-    /// Earlier versions, oldest first, this one excluded.
-    history: VecDeque<(u64, Arc<MeshConfig>)>,
+    /// The update line from the previous version, encoded once.
+    step_line: Option<Bytes>,
+    /// The full config's update line, encoded once, when first needed.
+    full_line: OnceLock<Bytes>,
+    /// The steps that led here, oldest first, this version's last.
+    history: Arc<VecDeque<Step>>,
+}
+
+/// An update line and whether it is a delta (or the full config).
+pub struct Line {
+    pub bytes: Bytes,
+    pub delta: bool,
 }
 
 impl Published {
-    fn clone_shallow(&self) -> Self {
-        Self {
-            epoch: self.epoch.clone(),
-            version: self.version,
-            config: self.config.clone(),
-            at: Instant::now(),
-            history: self.history.clone(),
+    /// The update line that brings an agent at version `from` (of this
+    /// epoch) to this version: the shared step after one version, the
+    /// composition of the remembered steps after several, the full config
+    /// when `from` is unknown or forgotten.
+    pub fn update_from(&self, from: Option<u64>) -> Line {
+        let Some(from) = from.filter(|&from| from <= self.version) else { return self.full() };
+        if from + 1 == self.version
+            && let Some(line) = &self.step_line
+        {
+            return Line { bytes: line.clone(), delta: true };
+        }
+        let first = self.history.iter().position(|step| step.version == from + 1);
+        let composed = match first {
+            _ if from == self.version => Some(ConfigDelta::default()),
+            Some(first) => Some(self.history.iter().skip(first).fold(ConfigDelta::default(), |mut all, step| {
+                all.then(&step.delta);
+                all
+            })),
+            None => None,
+        };
+        match composed {
+            Some(mut changes) => {
+                changes.root_namespace.clone_from(&self.config.root_namespace);
+                Line { bytes: encode(&self.update(UpdateBody::Delta { from, changes })), delta: true }
+            }
+            None => self.full(),
         }
     }
 
-    /// The config as of `version`, if still remembered (this one included).
-    pub fn at_version(&self, version: u64) -> Option<&Arc<MeshConfig>> {
-        if version == self.version {
-            return Some(&self.config);
-        }
-        self.history.iter().find(|(v, _)| *v == version).map(|(_, config)| config)
+    fn full(&self) -> Line {
+        let bytes = self.full_line.get_or_init(|| encode(&self.update(UpdateBody::Full((*self.config).clone()))));
+        Line { bytes: bytes.clone(), delta: false }
     }
+
+    fn update(&self, body: UpdateBody) -> Update {
+        Update { epoch: self.epoch.clone(), version: self.version, body }
+    }
+}
+
+/// One update as a line of the stream.
+fn encode(update: &Update) -> Bytes {
+    let mut line = serde_json::to_vec(update).unwrap_or_else(|_| unreachable_encoding());
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// The config model is plain data (strings, numbers, maps with string
+/// keys), which JSON always encodes.
+#[cold]
+fn unreachable_encoding() -> Vec<u8> {
+    tracing::error!("a config update failed to encode as JSON");
+    Vec::new()
 }
 
 #[derive(Clone, Debug)]
@@ -52,13 +114,14 @@ pub struct Store {
 impl Store {
     /// A store whose versions are tagged with a fresh random epoch.
     pub fn new() -> Self {
-        let epoch = format!("{:016x}", rand::random::<u64>());
         let first = Published {
-            epoch,
+            epoch: format!("{:016x}", rand::random::<u64>()),
             version: 0,
             config: Arc::new(MeshConfig::default()),
             at: Instant::now(),
-            history: VecDeque::new(),
+            step_line: None,
+            full_line: OnceLock::new(),
+            history: Arc::default(),
         };
         Self { current: watch::channel(Arc::new(first)).0 }
     }
@@ -78,9 +141,15 @@ impl Store {
             if current.version > 0 {
                 return false;
             }
-            let mut first = Published { history: VecDeque::new(), ..(**current).clone_shallow() };
-            first.version = 1;
-            *current = Arc::new(first);
+            *current = Arc::new(Published {
+                epoch: current.epoch.clone(),
+                version: 1,
+                config: current.config.clone(),
+                at: Instant::now(),
+                step_line: None,
+                full_line: OnceLock::new(),
+                history: Arc::default(),
+            });
             true
         });
         self.current().version
@@ -92,21 +161,29 @@ impl Store {
         let mut version = 0;
         self.current.send_if_modified(|current| {
             version = current.version;
-            if *current.config == config {
+            let changes = ConfigDelta::between(&current.config, &config);
+            if changes.changed_objects() == 0 && current.config.root_namespace == config.root_namespace {
                 return false;
             }
-            let mut history = current.history.clone();
-            history.push_back((current.version, current.config.clone()));
-            if history.len() > HISTORY {
-                history.pop_front();
-            }
             version = current.version + 1;
+            let update = Update {
+                epoch: current.epoch.clone(),
+                version,
+                body: UpdateBody::Delta { from: version - 1, changes },
+            };
+            let line = encode(&update);
+            let UpdateBody::Delta { changes, .. } = update.body else { return false };
+            let mut history = VecDeque::clone(&current.history);
+            history.push_back(Step { version, delta: Arc::new(changes), encoded_len: line.len() });
+            trim(&mut history);
             *current = Arc::new(Published {
                 epoch: current.epoch.clone(),
                 version,
                 config: Arc::new(config),
                 at: Instant::now(),
-                history,
+                step_line: Some(line),
+                full_line: OnceLock::new(),
+                history: Arc::new(history),
             });
             true
         });
@@ -114,28 +191,68 @@ impl Store {
     }
 }
 
+/// Forgets the oldest steps beyond the bounds.
+fn trim(history: &mut VecDeque<Step>) {
+    let mut bytes: usize = history.iter().map(|step| step.encoded_len).sum();
+    while history.len() > HISTORY_VERSIONS || (bytes > HISTORY_BYTES && history.len() > 1) {
+        bytes -= history.pop_front().map_or(0, |step| step.encoded_len);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use mesh::config::{MeshConfig, Namespace};
+    use mesh::control::{Update, UpdateBody};
 
-    use super::Store;
+    use super::{HISTORY_VERSIONS, Store};
 
-    fn config(name: &str) -> MeshConfig {
-        MeshConfig { namespaces: vec![Namespace { name: name.into(), ..Default::default() }], ..Default::default() }
+    fn config(names: &[String]) -> MeshConfig {
+        let namespaces = names.iter().map(|name| Namespace { name: name.clone(), ..Default::default() }).collect();
+        MeshConfig { namespaces, ..Default::default() }
+    }
+
+    fn parse(line: &super::Line) -> Update {
+        serde_json::from_slice(&line.bytes).unwrap_or_else(|e| panic!("bad update line: {e}"))
+    }
+
+    /// What an agent holds after applying `update` to `held`.
+    fn apply(held: &MeshConfig, update: &Update) -> MeshConfig {
+        match &update.body {
+            UpdateBody::Full(config) => config.clone(),
+            UpdateBody::Delta { changes, .. } => changes.apply(held),
+        }
     }
 
     #[test]
-    fn versions_advance_only_on_change_and_history_is_bounded() {
+    fn versions_advance_only_on_change() {
         let store = Store::new();
-        assert_eq!(store.publish(config("a")), 1);
-        assert_eq!(store.publish(config("a")), 1, "an unchanged config is not a new version");
-        for i in 0..100 {
-            store.publish(config(&format!("n{i}")));
+        assert_eq!(store.publish(config(&["a".into()])), 1);
+        assert_eq!(store.publish(config(&["a".into()])), 1, "an unchanged config is not a new version");
+        assert_eq!(store.publish(config(&["b".into()])), 2);
+    }
+
+    /// From any remembered version, one line brings an agent to the
+    /// current config; from a forgotten one, the full config does.
+    #[test]
+    fn every_remembered_version_resumes_with_one_delta() {
+        let store = Store::new();
+        let mut configs = vec![MeshConfig::default()];
+        for i in 0..HISTORY_VERSIONS + 20 {
+            // Each version adds one namespace and drops the one from 3 back.
+            let names: Vec<String> = (i.saturating_sub(3)..=i).map(|n| format!("n{n}")).collect();
+            configs.push(config(&names));
+            assert_eq!(store.publish(config(&names)), i as u64 + 1);
         }
         let current = store.current();
-        assert_eq!(current.version, 101);
-        assert!(current.at_version(101).is_some());
-        assert!(current.at_version(40).is_some());
-        assert!(current.at_version(1).is_none(), "old versions are forgotten");
+        for from in [0, 10, 20, 21, 500, current.version - 1, current.version] {
+            let line = current.update_from(Some(from));
+            let update = parse(&line);
+            assert_eq!(update.version, current.version);
+            let from_config = &configs[from as usize];
+            assert_eq!(line.delta, from >= 20, "from {from}: delta or full");
+            assert_eq!(apply(from_config, &update), *current.config, "from version {from}");
+        }
+        assert!(!current.update_from(None).delta, "a new agent gets the full config");
+        assert!(!current.update_from(Some(current.version + 1)).delta, "a version from the future is unknown");
     }
 }

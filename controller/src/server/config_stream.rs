@@ -1,15 +1,17 @@
 //! `GET /v1/config`: a full config, then a delta per new version, one JSON
 //! document per line. Each agent has its own task following the store;
 //! the store never waits for it, so a slow agent only falls behind itself
-//! (and then gets one delta spanning the versions it missed).
+//! (and then gets one delta spanning the versions it missed). Lines are
+//! encoded once per version in the store and shared by all agents.
+
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http::StatusCode;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
-use mesh::config::delta::ConfigDelta;
-use mesh::control::{ResumeFrom, Update, UpdateBody, ztunnel_identity};
+use mesh::control::{ResumeFrom, ztunnel_identity};
 use mesh::drain::Drain;
 use mesh::identity::Identity;
 use tokio::sync::mpsc;
@@ -17,8 +19,8 @@ use tracing::{Instrument as _, debug, info, info_span};
 
 use super::{Response, Shared, text};
 use crate::authority::is_waypoint_identity;
-use crate::metrics::{CONNECTED_AGENTS, PUSH_SECONDS};
-use crate::store::Published;
+use crate::metrics::{CONNECTED_AGENTS, PUSH_SECONDS, UPDATE_BYTES};
+use crate::store::Line;
 
 pub async fn open(
     request: &hyper::Request<hyper::body::Incoming>,
@@ -78,6 +80,7 @@ impl Drop for Connected {
 
 async fn follow(store: &crate::store::Store, since: Option<ResumeFrom>, tx: &mpsc::Sender<Bytes>) {
     let _connected = Connected::new();
+    let connected_at = Instant::now();
     let mut versions = store.subscribe();
     // Never hand out the empty config of a controller that has not read its
     // sources yet: agents would drop everything they know.
@@ -85,13 +88,17 @@ async fn follow(store: &crate::store::Store, since: Option<ResumeFrom>, tx: &mps
         () = tx.closed() => return,
         first = versions.wait_for(|p| p.version > 0) => first.map(|p| p.clone()),
     };
-    let Ok(mut sent) = first else { return };
+    let Ok(first) = first else { return };
     versions.mark_unchanged();
-    let body = first_update_body(&sent, since.as_ref());
-    info!(version = sent.version, resumed = matches!(body, UpdateBody::Delta { .. }), "agent following config");
-    if send(tx, &sent, body).await.is_err() {
+    let resume = since.filter(|s| s.epoch == first.epoch).map(|s| s.version);
+    let line = first.update_from(resume);
+    info!(version = first.version, resumed = line.delta, "agent following config");
+    if send(tx, line, first.at.max(connected_at)).await.is_err() {
         return;
     }
+    // Only the version number: a follower pins no config of its own.
+    let mut sent = first.version;
+    drop(first);
     loop {
         // An agent that goes away ends its task (and leaves the connected
         // count) at once, not at the next version.
@@ -100,31 +107,20 @@ async fn follow(store: &crate::store::Store, since: Option<ResumeFrom>, tx: &mps
             changed = versions.changed() => if changed.is_err() { return },
         }
         let now = versions.borrow_and_update().clone();
-        let body = UpdateBody::Delta { from: sent.version, changes: ConfigDelta::between(&sent.config, &now.config) };
-        if send(tx, &now, body).await.is_err() {
+        if send(tx, now.update_from(Some(sent)), now.at.max(connected_at)).await.is_err() {
             return;
         }
-        sent = now;
+        sent = now.version;
     }
 }
 
-/// A delta from the agent's version when this controller still has it,
-/// else the full config.
-fn first_update_body(current: &Published, since: Option<&ResumeFrom>) -> UpdateBody {
-    let base =
-        since.filter(|s| s.epoch == current.epoch).and_then(|s| Some((s.version, current.at_version(s.version)?)));
-    match base {
-        Some((from, base)) => UpdateBody::Delta { from, changes: ConfigDelta::between(base, &current.config) },
-        None => UpdateBody::Full((*current.config).clone()),
-    }
-}
-
-async fn send(tx: &mpsc::Sender<Bytes>, published: &Published, body: UpdateBody) -> Result<(), ()> {
-    let update = Update { epoch: published.epoch.clone(), version: published.version, body };
-    let mut line = serde_json::to_vec(&update).map_err(|error| debug!(%error, "cannot encode update"))?;
-    line.push(b'\n');
-    tx.send(Bytes::from(line)).await.map_err(|_| debug!("agent went away"))?;
-    metrics::histogram!(PUSH_SECONDS).record(published.at.elapsed().as_secs_f64());
+/// Hands `line` to the agent's connection; push latency counts from
+/// `since`, the moment this agent could first have had the version.
+async fn send(tx: &mpsc::Sender<Bytes>, line: Line, since: Instant) -> Result<(), ()> {
+    let kind = if line.delta { "delta" } else { "full" };
+    metrics::counter!(UPDATE_BYTES, "kind" => kind).increment(line.bytes.len() as u64);
+    tx.send(line.bytes).await.map_err(|_| debug!("agent went away"))?;
+    metrics::histogram!(PUSH_SECONDS).record(since.elapsed().as_secs_f64());
     Ok(())
 }
 
