@@ -90,7 +90,29 @@ impl<T: Keyed + Clone + PartialEq> KindDelta<T> {
         Self { upserted, removed }
     }
 
+    /// Applies this delta to `list`, sorted by key, keeping it sorted. A
+    /// small delta edits in place; one that touches much of the list
+    /// rebuilds it (inserting many objects one by one would be quadratic).
     fn apply_to(&self, list: &mut Vec<T>) {
+        let changes = self.upserted.len() + self.removed.len();
+        if changes > list.len() / 8 + 16 {
+            return self.rebuild(list);
+        }
+        for key in &self.removed {
+            if let Ok(i) = list.binary_search_by(|o| o.object_key().as_str().cmp(key)) {
+                list.remove(i);
+            }
+        }
+        for object in &self.upserted {
+            let key = object.object_key();
+            match list.binary_search_by(|o| o.object_key().cmp(&key)) {
+                Ok(i) => list[i] = object.clone(),
+                Err(i) => list.insert(i, object.clone()),
+            }
+        }
+    }
+
+    fn rebuild(&self, list: &mut Vec<T>) {
         let mut by_key: BTreeMap<String, T> = list.drain(..).map(|o| (o.object_key(), o)).collect();
         for key in &self.removed {
             by_key.remove(key);
@@ -182,6 +204,15 @@ impl ConfigDelta {
     /// `base` with this delta applied (lists come out sorted by key).
     pub fn apply(&self, base: &MeshConfig) -> MeshConfig {
         let mut config = base.clone();
+        config.canonicalize();
+        self.apply_in_place(&mut config);
+        config
+    }
+
+    /// Applies this delta to `config`, which must be in canonical order
+    /// (as every config from the stream is): an agent's cost is the size
+    /// of the change, not of the mesh.
+    pub fn apply_in_place(&self, config: &mut MeshConfig) {
         self.namespaces.apply_to(&mut config.namespaces);
         self.workloads.apply_to(&mut config.workloads);
         self.services.apply_to(&mut config.services);
@@ -191,7 +222,6 @@ impl ConfigDelta {
         self.destination_policies.apply_to(&mut config.destination_policies);
         self.waypoints.apply_to(&mut config.waypoints);
         config.root_namespace.clone_from(&self.root_namespace);
-        config
     }
 
     /// Objects added, changed or removed (for logs and metrics).
@@ -295,6 +325,25 @@ mod tests {
                 composed.then(&ConfigDelta::between(&step[0], &step[1]));
                 assert_eq!(composed.apply(&chain[start]), step[1], "from config {start}");
             }
+        }
+    }
+
+    /// Small deltas edit in place, large ones rebuild; both give the
+    /// canonical result.
+    #[test]
+    fn in_place_and_rebuilt_application_agree() {
+        let base = config((0..200).map(|i| workload(&format!("w{i:03}"), "n1")).collect(), &["a", "c"]);
+        for size in [1, 5, 40, 150] {
+            let mut new = base.clone();
+            new.workloads.retain(|w| w.uid.as_str() >= format!("w{size:03}").as_str());
+            new.workloads.extend((0..size).map(|i| workload(&format!("x{i}"), "n2")));
+            new.workloads[0].node = "moved".into();
+            new.namespaces.push(Namespace { name: "b".into(), ..Default::default() });
+            new.canonicalize();
+            let delta = ConfigDelta::between(&base, &new);
+            let mut in_place = base.clone();
+            delta.apply_in_place(&mut in_place);
+            assert_eq!(in_place, new, "a delta of {} objects", delta.changed_objects());
         }
     }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use enrollment::{DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE, enrolled};
 pub use snapshot::{ServiceTarget, Snapshot};
-pub use validate::ConfigError;
+pub use validate::{ConfigError, check_service, check_workload};
 
 /// Labels as Kubernetes has them: ordered so that dumps are stable.
 pub type Labels = BTreeMap<String, String>;

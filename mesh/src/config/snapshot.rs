@@ -49,7 +49,8 @@ impl Snapshot {
         let namespace_by_name = config.namespaces.iter().enumerate().map(|(i, ns)| (ns.name.clone(), i)).collect();
         let service_by_vip =
             config.services.iter().enumerate().flat_map(|(i, s)| s.vips.iter().map(move |vip| (*vip, i))).collect();
-        let endpoints = config.services.iter().map(|s| select_endpoints(&config, s)).collect();
+        let workloads = WorkloadIndex::new(&config);
+        let endpoints = config.services.iter().map(|s| workloads.endpoints(s)).collect();
         Ok(Self { config, workload_by_ip, namespace_by_name, service_by_vip, endpoints, authorizer })
     }
 
@@ -152,24 +153,39 @@ impl ServiceTarget<'_> {
     }
 }
 
-/// A service's endpoints: the workloads it names, then those its selector
-/// matches in its own namespace, without repeats.
-fn select_endpoints(config: &MeshConfig, service: &Service) -> Vec<usize> {
-    let named = config.workloads.iter().enumerate().filter(|(_, w)| service.endpoints.contains(&w.uid)).map(|(i, _)| i);
-    let selected = config
-        .workloads
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| {
-            w.namespace == service.namespace
-                // An empty selector selects nothing, as in Kubernetes.
-                && service.selector.as_ref().is_some_and(|sel| {
-                    !sel.is_empty() && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                })
-        })
-        .map(|(i, _)| i);
-    let mut all: Vec<usize> = named.chain(selected).collect();
-    all.sort_unstable();
-    all.dedup();
-    all
+/// Workloads by namespace and by UID, so resolving every service's
+/// endpoints costs each service its own namespace, not the whole mesh.
+struct WorkloadIndex<'a> {
+    config: &'a MeshConfig,
+    by_namespace: HashMap<&'a str, Vec<usize>>,
+    by_uid: HashMap<&'a str, usize>,
+}
+
+impl<'a> WorkloadIndex<'a> {
+    fn new(config: &'a MeshConfig) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_uid = HashMap::with_capacity(config.workloads.len());
+        for (i, w) in config.workloads.iter().enumerate() {
+            by_namespace.entry(w.namespace.as_str()).or_default().push(i);
+            by_uid.insert(w.uid.as_str(), i);
+        }
+        Self { config, by_namespace, by_uid }
+    }
+
+    /// A service's endpoints: the workloads it names, then those its
+    /// selector matches in its own namespace, without repeats.
+    fn endpoints(&self, service: &Service) -> Vec<usize> {
+        let named = service.endpoints.iter().filter_map(|uid| self.by_uid.get(uid.as_str()).copied());
+        // An empty selector selects nothing, as in Kubernetes.
+        let selector = service.selector.as_ref().filter(|sel| !sel.is_empty());
+        let candidates = selector.and_then(|_| self.by_namespace.get(service.namespace.as_str()));
+        let selected = candidates.into_iter().flatten().copied().filter(|&i| {
+            let labels = &self.config.workloads[i].labels;
+            selector.is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        });
+        let mut all: Vec<usize> = named.chain(selected).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
 }

@@ -1,9 +1,9 @@
 //! Everything that can be wrong with a config, each error naming the
 //! offending object and value so the user can fix it without guessing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::MeshConfig;
+use super::{MeshConfig, Service, Workload};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -33,10 +33,7 @@ pub(super) fn validate(config: &MeshConfig) -> Result<(), ConfigError> {
     let mut names = Seen::new("workload name");
     let mut addresses = Seen::new("IP");
     for w in &config.workloads {
-        require("workload", "uid", &w.uid)?;
-        require("workload", "name", &w.name)?;
-        require("workload", "namespace", &w.namespace)?;
-        require("workload", "node", &w.node)?;
+        check_workload(w)?;
         let who = format!("workload {}", w.qualified_name());
         uids.insert(w.uid.clone(), &who)?;
         names.insert(w.qualified_name(), &who)?;
@@ -44,26 +41,17 @@ pub(super) fn validate(config: &MeshConfig) -> Result<(), ConfigError> {
             addresses.insert(ip.to_string(), &who)?;
         }
     }
+    let known_uids: HashSet<&str> = config.workloads.iter().map(|w| w.uid.as_str()).collect();
     let mut services = Seen::new("service");
     for s in &config.services {
-        require("service", "name", &s.name)?;
-        require("service", "namespace", &s.namespace)?;
+        check_service(s)?;
         let who = format!("service {}/{}", s.namespace, s.name);
         services.insert(format!("{}/{}", s.namespace, s.name), &who)?;
         for vip in &s.vips {
             addresses.insert(vip.to_string(), &who)?;
         }
-        let mut ports = Seen::new("service port");
-        for p in &s.ports {
-            if p.port == 0 || p.target_port == Some(0) {
-                return Err(ConfigError::InvalidPort { service: who, port: 0 });
-            }
-            ports.insert(p.port.to_string(), &who)?;
-        }
-        for uid in &s.endpoints {
-            if !config.workloads.iter().any(|w| &w.uid == uid) {
-                return Err(ConfigError::UnknownEndpoint { service: who, uid: uid.clone() });
-            }
+        if let Some(uid) = s.endpoints.iter().find(|uid| !known_uids.contains(uid.as_str())) {
+            return Err(ConfigError::UnknownEndpoint { service: who, uid: uid.clone() });
         }
     }
     let mut namespaces = Seen::new("namespace");
@@ -72,6 +60,31 @@ pub(super) fn validate(config: &MeshConfig) -> Result<(), ConfigError> {
         namespaces.insert(ns.name.clone(), &format!("namespace {}", ns.name))?;
     }
     super::routing::validate(config).map_err(ConfigError::Routing)
+}
+
+/// What one workload must satisfy on its own (the controller checks each
+/// pod with this, so one bad pod is refused alone).
+pub fn check_workload(w: &Workload) -> Result<(), ConfigError> {
+    require("workload", "uid", &w.uid)?;
+    require("workload", "name", &w.name)?;
+    require("workload", "namespace", &w.namespace)?;
+    require("workload", "node", &w.node)
+}
+
+/// What one service must satisfy on its own: names, and ports that are
+/// valid and not repeated.
+pub fn check_service(s: &Service) -> Result<(), ConfigError> {
+    require("service", "name", &s.name)?;
+    require("service", "namespace", &s.namespace)?;
+    let who = format!("service {}/{}", s.namespace, s.name);
+    let mut ports = Seen::new("service port");
+    for p in &s.ports {
+        if p.port == 0 || p.target_port == Some(0) {
+            return Err(ConfigError::InvalidPort { service: who, port: 0 });
+        }
+        ports.insert(p.port.to_string(), &who)?;
+    }
+    Ok(())
 }
 
 fn require(kind: &'static str, field: &'static str, value: &str) -> Result<(), ConfigError> {

@@ -53,23 +53,28 @@ impl ConfigStream {
         self.held = None;
     }
 
-    /// Applies `update` and returns the resulting config.
+    /// Applies `update` and returns the resulting config. A delta edits
+    /// the held config in place when no snapshot shares it any more.
     pub fn apply(&mut self, update: Update) -> Result<Arc<MeshConfig>, OutOfOrder> {
         let config = match update.body {
             UpdateBody::Full(mut config) => {
                 config.canonicalize();
-                config
+                Arc::new(config)
             }
-            UpdateBody::Delta { from, changes } => match &self.held {
-                Some((at, config)) if at.epoch == update.epoch && at.version == from => changes.apply(config),
+            UpdateBody::Delta { from, changes } => match self.held.take() {
+                Some((at, mut config)) if at.epoch == update.epoch && at.version == from => {
+                    changes.apply_in_place(Arc::make_mut(&mut config));
+                    config
+                }
                 held => {
-                    let held = held.as_ref().map_or_else(|| "none".to_owned(), |(at, _)| at.to_query());
-                    return Err(OutOfOrder { got_epoch: update.epoch, from, held });
+                    let described = held.as_ref().map_or_else(|| "none".to_owned(), |(at, _)| at.to_query());
+                    self.held = held;
+                    return Err(OutOfOrder { got_epoch: update.epoch, from, held: described });
                 }
             },
         };
         let at = ResumeFrom { epoch: update.epoch, version: update.version };
-        Ok(self.held.insert((at, Arc::new(config))).1.clone())
+        Ok(self.held.insert((at, config)).1.clone())
     }
 }
 
