@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::ca::{CaError, CertificateAuthority, CertificateRequest};
-use mesh::config::MeshConfig;
+use mesh::config::routing::Waypoint;
+use mesh::config::{MeshConfig, Workload};
 use mesh::control::{controller_identity, ztunnel_identity};
 use mesh::identity::Identity;
 use mesh::tls::{self, TrustBundle, WorkloadCertificate};
@@ -54,6 +55,33 @@ pub fn serving_config(ca: &CertificateAuthority) -> Result<Arc<ServerConfig>, Au
     Ok(tls::control_server_config(&cert, &trust)?)
 }
 
+/// What the identity rules read of the config: the whole config (tests,
+/// tools) or a published version's view of it.
+pub trait KnownObjects {
+    fn workloads(&self) -> impl Iterator<Item = &Workload>;
+    fn waypoints(&self) -> impl Iterator<Item = &Waypoint>;
+}
+
+impl KnownObjects for MeshConfig {
+    fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.iter()
+    }
+
+    fn waypoints(&self) -> impl Iterator<Item = &Waypoint> {
+        self.waypoints.iter()
+    }
+}
+
+impl KnownObjects for crate::translate::ConfigView {
+    fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        Self::workloads(self)
+    }
+
+    fn waypoints(&self) -> impl Iterator<Item = &Waypoint> {
+        Self::waypoints(self)
+    }
+}
+
 /// Why a node may not have an identity.
 #[derive(Debug, thiserror::Error)]
 #[error("node {node} runs no pod as {identity}")]
@@ -65,13 +93,12 @@ pub struct NotOnNode {
 /// A node's agent may have its own identity, and those of the pods that
 /// run on that node; nothing else. This is what keeps a compromised node
 /// from impersonating workloads elsewhere.
-pub fn may_issue(config: &MeshConfig, node: &str, identity: &Identity) -> Result<(), NotOnNode> {
+pub fn may_issue(config: &impl KnownObjects, node: &str, identity: &Identity) -> Result<(), NotOnNode> {
     if *identity == ztunnel_identity(&identity.trust_domain) {
         return Ok(());
     }
     let on_node = config
-        .workloads
-        .iter()
+        .workloads()
         .any(|w| w.node == node && w.namespace == identity.namespace && w.service_account == identity.service_account);
     if on_node { Ok(()) } else { Err(NotOnNode { node: node.to_owned(), identity: identity.to_string() }) }
 }
@@ -79,12 +106,12 @@ pub fn may_issue(config: &MeshConfig, node: &str, identity: &Identity) -> Result
 /// Whether `caller` may have `identity`: a node, its pods' identities (and
 /// the agent's own); a waypoint's pod, its own account's identity, while
 /// its Gateway is a waypoint the mesh knows.
-pub fn may_issue_to(config: &MeshConfig, caller: &Caller, identity: &Identity) -> Result<(), NotOnNode> {
+pub fn may_issue_to(config: &impl KnownObjects, caller: &Caller, identity: &Identity) -> Result<(), NotOnNode> {
     match caller {
         Caller::Node(node) => may_issue(config, node, identity),
         Caller::Waypoint { node, namespace, service_account, gateway } => {
             let own = identity.namespace == *namespace && identity.service_account == *service_account;
-            let known = config.waypoints.iter().any(|w| w.namespace == *namespace && w.name == *gateway);
+            let known = config.waypoints().any(|w| w.namespace == *namespace && w.name == *gateway);
             if own && known {
                 return Ok(());
             }
@@ -95,13 +122,13 @@ pub fn may_issue_to(config: &MeshConfig, caller: &Caller, identity: &Identity) -
 
 /// Whether `identity` is the account of pods of a waypoint the mesh knows
 /// (such a peer may follow the config stream).
-pub fn is_waypoint_identity(config: &MeshConfig, identity: &Identity) -> bool {
-    config.workloads.iter().any(|w| {
+pub fn is_waypoint_identity(config: &impl KnownObjects, identity: &Identity) -> bool {
+    config.workloads().any(|w| {
         w.namespace == identity.namespace
             && w.service_account == identity.service_account
-            && w.labels.get(GATEWAY_NAME_LABEL).is_some_and(|gateway| {
-                config.waypoints.iter().any(|wp| wp.namespace == w.namespace && wp.name == *gateway)
-            })
+            && w.labels
+                .get(GATEWAY_NAME_LABEL)
+                .is_some_and(|gateway| config.waypoints().any(|wp| wp.namespace == w.namespace && wp.name == *gateway))
     })
 }
 

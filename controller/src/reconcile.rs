@@ -1,10 +1,9 @@
-//! From object changes to a published config: translate each change, then
-//! check the assembled config as an agent would and publish it. A config
-//! that agents would refuse (two pods claiming one IP, say) is not
-//! published; the last good one stays in force.
+//! From object changes to a published config: translate each change,
+//! checking each object on its own and against the others (an object that
+//! agents would refuse, or that claims another's IP, is refused alone and
+//! its last good version stays), then publish what changed as one delta.
 
-use mesh::config::Snapshot;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::metrics::{CONFIG_VERSION, RECONCILE_ERRORS};
 use crate::resources::{Object, ObjectKey};
@@ -83,21 +82,21 @@ impl Reconciler {
         });
     }
 
-    fn publish(&self) -> u64 {
-        let config = self.translator.config();
-        if let Err(cause) = Snapshot::new(config.clone()) {
-            metrics::counter!(RECONCILE_ERRORS, "kind" => "config").increment(1);
-            let kept = self.store.current().version;
-            error!(%cause, kept_version = kept, "the assembled config is invalid; keeping the last good one");
-            return kept;
-        }
-        let (workloads, services) = (config.workloads.len(), config.services.len());
+    /// Publishes what changed in force. Every object was checked as it
+    /// came in (alone, and for clashes with the others), so the result is
+    /// a config agents accept without checking the whole of it here.
+    fn publish(&mut self) -> u64 {
+        let changes = self.translator.take_delta();
+        let changed = changes.changed_objects();
         let before = self.store.current().version;
-        let version = self.store.publish(config);
+        let version = self.store.publish(self.translator.view(), changes);
         if version != before {
             metrics::gauge!(CONFIG_VERSION).set(version as f64);
-            info!(version, workloads, services, "config published");
+            info!(version, changed, "config published");
         }
         version
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,7 +27,7 @@ pub async fn run(
     loop {
         if *leader.borrow_and_update() {
             let wanted: BTreeSet<String> =
-                versions.borrow_and_update().config.waypoints.iter().map(|w| w.namespace.clone()).collect();
+                versions.borrow_and_update().config.waypoints().map(|w| w.namespace.clone()).collect();
             for namespace in wanted.difference(&published.clone()) {
                 match publish_root(&client, namespace, &root_pem).await {
                     Ok(()) => drop(published.insert(namespace.clone())),

@@ -11,10 +11,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use mesh::config::MeshConfig;
 use mesh::config::delta::ConfigDelta;
 use mesh::control::{Update, UpdateBody};
 use tokio::sync::watch;
+
+use crate::translate::ConfigView;
 
 /// Steps kept for resuming agents: at most this many versions…
 const HISTORY_VERSIONS: usize = 1024;
@@ -34,7 +35,8 @@ struct Step {
 pub struct Published {
     pub epoch: String,
     pub version: u64,
-    pub config: Arc<MeshConfig>,
+    /// The whole config of this version, shared with the translator's.
+    pub config: ConfigView,
     /// When this version was published (for push latency).
     pub at: Instant,
     /// The update line from the previous version, encoded once.
@@ -74,7 +76,7 @@ impl Published {
         };
         match composed {
             Some(mut changes) => {
-                changes.root_namespace.clone_from(&self.config.root_namespace);
+                changes.root_namespace = Some(self.config.root_namespace().to_owned());
                 Line { bytes: encode(&self.update(UpdateBody::Delta { from, changes })), delta: true }
             }
             None => self.full(),
@@ -82,7 +84,7 @@ impl Published {
     }
 
     fn full(&self) -> Line {
-        let bytes = self.full_line.get_or_init(|| encode(&self.update(UpdateBody::Full((*self.config).clone()))));
+        let bytes = self.full_line.get_or_init(|| encode(&self.update(UpdateBody::Full(self.config.to_config()))));
         Line { bytes: bytes.clone(), delta: false }
     }
 
@@ -117,7 +119,7 @@ impl Store {
         let first = Published {
             epoch: format!("{:016x}", rand::random::<u64>()),
             version: 0,
-            config: Arc::new(MeshConfig::default()),
+            config: ConfigView::default(),
             at: Instant::now(),
             step_line: None,
             full_line: OnceLock::new(),
@@ -155,17 +157,20 @@ impl Store {
         self.current().version
     }
 
-    /// Publishes `config` as a new version, unless nothing changed.
-    /// Returns the version now in force.
-    pub fn publish(&self, config: MeshConfig) -> u64 {
+    /// Publishes `config`, which `changes` led to from the current
+    /// version, as a new version, unless nothing changed. Returns the
+    /// version now in force. The cost is the change's, not the config's:
+    /// the delta is encoded once here, and the whole config only when an
+    /// agent first needs it.
+    pub fn publish(&self, config: ConfigView, mut changes: ConfigDelta) -> u64 {
         let mut version = 0;
         self.current.send_if_modified(|current| {
             version = current.version;
-            let changes = ConfigDelta::between(&current.config, &config);
-            if changes.changed_objects() == 0 && current.config.root_namespace == config.root_namespace {
+            if changes.changed_objects() == 0 && current.config.root_namespace() == config.root_namespace() {
                 return false;
             }
             version = current.version + 1;
+            changes.root_namespace = Some(config.root_namespace().to_owned());
             let update = Update {
                 epoch: current.epoch.clone(),
                 version,
@@ -179,7 +184,7 @@ impl Store {
             *current = Arc::new(Published {
                 epoch: current.epoch.clone(),
                 version,
-                config: Arc::new(config),
+                config,
                 at: Instant::now(),
                 step_line: Some(line),
                 full_line: OnceLock::new(),
@@ -200,15 +205,29 @@ fn trim(history: &mut VecDeque<Step>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use mesh::config::{MeshConfig, Namespace};
+pub(crate) mod tests {
+    use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use mesh::config::MeshConfig;
     use mesh::control::{Update, UpdateBody};
 
     use super::{HISTORY_VERSIONS, Store};
+    use crate::resources::{Kind, Object, ObjectKey};
+    use crate::translate::Translator;
 
-    fn config(names: &[String]) -> MeshConfig {
-        let namespaces = names.iter().map(|name| Namespace { name: name.clone(), ..Default::default() }).collect();
-        MeshConfig { namespaces, ..Default::default() }
+    /// Publishes the namespaces `names` (and no others) as the reconciler
+    /// would: through the translator, as a delta.
+    pub(crate) fn publish(store: &Store, translator: &mut Translator, names: &[String]) -> u64 {
+        for name in translator.config().namespaces.iter().map(|n| n.name.clone()) {
+            if !names.contains(&name) {
+                translator.remove(&ObjectKey { kind: Kind::Namespace, namespace: String::new(), name });
+            }
+        }
+        for name in names {
+            let meta = ObjectMeta { name: Some(name.clone()), ..Default::default() };
+            translator.upsert(&Object::Namespace(Box::new(K8sNamespace { metadata: meta, ..Default::default() })));
+        }
+        store.publish(translator.view(), translator.take_delta())
     }
 
     fn parse(line: &super::Line) -> Update {
@@ -225,32 +244,33 @@ mod tests {
 
     #[test]
     fn versions_advance_only_on_change() {
-        let store = Store::new();
-        assert_eq!(store.publish(config(&["a".into()])), 1);
-        assert_eq!(store.publish(config(&["a".into()])), 1, "an unchanged config is not a new version");
-        assert_eq!(store.publish(config(&["b".into()])), 2);
+        let (store, mut translator) = (Store::new(), Translator::new("istio-system"));
+        assert_eq!(publish(&store, &mut translator, &["a".into()]), 1);
+        assert_eq!(publish(&store, &mut translator, &["a".into()]), 1, "an unchanged config is not a new version");
+        assert_eq!(publish(&store, &mut translator, &["b".into()]), 2);
     }
 
     /// From any remembered version, one line brings an agent to the
     /// current config; from a forgotten one, the full config does.
     #[test]
     fn every_remembered_version_resumes_with_one_delta() {
-        let store = Store::new();
+        let (store, mut translator) = (Store::new(), Translator::new("istio-system"));
         let mut configs = vec![MeshConfig::default()];
         for i in 0..HISTORY_VERSIONS + 20 {
             // Each version adds one namespace and drops the one from 3 back.
             let names: Vec<String> = (i.saturating_sub(3)..=i).map(|n| format!("n{n}")).collect();
-            configs.push(config(&names));
-            assert_eq!(store.publish(config(&names)), i as u64 + 1);
+            assert_eq!(publish(&store, &mut translator, &names), i as u64 + 1);
+            configs.push(translator.config());
         }
         let current = store.current();
+        let now = current.config.to_config();
         for from in [0, 10, 20, 21, 500, current.version - 1, current.version] {
             let line = current.update_from(Some(from));
             let update = parse(&line);
             assert_eq!(update.version, current.version);
             let from_config = &configs[from as usize];
             assert_eq!(line.delta, from >= 20, "from {from}: delta or full");
-            assert_eq!(apply(from_config, &update), *current.config, "from version {from}");
+            assert_eq!(apply(from_config, &update), now, "from version {from}");
         }
         assert!(!current.update_from(None).delta, "a new agent gets the full config");
         assert!(!current.update_from(Some(current.version + 1)).delta, "a version from the future is unknown");

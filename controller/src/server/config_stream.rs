@@ -127,14 +127,15 @@ async fn send(tx: &mpsc::Sender<Bytes>, line: Line, since: Instant) -> Result<()
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use mesh::config::{MeshConfig, Namespace};
     use mesh::control::{Update, UpdateBody};
     use tokio::sync::mpsc;
 
     use crate::store::Store;
+    use crate::translate::Translator;
 
-    fn config(name: &str) -> MeshConfig {
-        MeshConfig { namespaces: vec![Namespace { name: name.into(), ..Default::default() }], ..Default::default() }
+    /// Publishes a config of one namespace, `name`.
+    fn publish(store: &Store, translator: &mut Translator, name: &str) {
+        crate::store::tests::publish(store, translator, &[name.to_owned()]);
     }
 
     fn parse(line: &Bytes) -> Update {
@@ -145,8 +146,8 @@ mod tests {
     /// without waiting for another version.
     #[tokio::test]
     async fn a_vanished_agent_is_let_go_at_once() {
-        let store = Store::new();
-        store.publish(config("v1"));
+        let (store, mut translator) = (Store::new(), Translator::new("istio-system"));
+        publish(&store, &mut translator, "v1");
         let (tx, mut rx) = mpsc::channel::<Bytes>(1);
         let follower = tokio::spawn(async move { super::follow(&store, None, &tx).await });
         rx.recv().await.unwrap_or_else(|| panic!("no first update"));
@@ -159,8 +160,8 @@ mod tests {
     /// the slow one, once it reads again, gets one delta for all it missed.
     #[tokio::test]
     async fn a_slow_agent_delays_no_one() {
-        let store = Store::new();
-        store.publish(config("v1"));
+        let (store, mut translator) = (Store::new(), Translator::new("istio-system"));
+        publish(&store, &mut translator, "v1");
         let (slow_tx, mut slow_rx) = mpsc::channel::<Bytes>(1);
         let (fast_tx, mut fast_rx) = mpsc::channel::<Bytes>(1);
         let (slow_store, fast_store) = (store.clone(), store.clone());
@@ -169,7 +170,7 @@ mod tests {
         let first = fast_rx.recv().await.map(|l| parse(&l)).map(|u| u.version);
         assert_eq!(first, Some(1));
         for version in 2..=20u64 {
-            store.publish(config(&format!("v{version}")));
+            publish(&store, &mut translator, &format!("v{version}"));
             let update = fast_rx.recv().await.map(|l| parse(&l));
             let Some(Update { version: got, body: UpdateBody::Delta { from, .. }, .. }) = update else {
                 panic!("the fast agent got no delta for version {version}");
