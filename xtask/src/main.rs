@@ -56,6 +56,9 @@ enum Suite {
     Memory,
     /// The waypoint against direct, ztunnels only, nginx and haproxy.
     L7,
+    /// The controller at 2,000 and 10,000 pods with 100 and 1,000 simulated
+    /// agents: change-to-agent latency, CPU per change, memory, bytes.
+    Controller,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +71,9 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { suite: Suite::L4, bench_args } => bench(&bench_args),
         Task::Bench { suite: Suite::Memory, bench_args } => {
             bench(&[&["--memory".to_owned()][..], &bench_args].concat())
+        }
+        Task::Bench { suite: Suite::Controller, bench_args } => {
+            bench(&[&["--controller".to_owned()][..], &bench_args].concat())
         }
         Task::Bench { suite: Suite::L7, bench_args } => {
             // The peers the waypoint is measured against.

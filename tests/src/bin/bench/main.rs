@@ -8,6 +8,10 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::unwrap_used, reason = "a benchmark reports to its user")]
 
+mod controller;
+mod controller_agents;
+mod controller_cluster;
+mod controller_report;
 mod l7;
 mod l7_report;
 mod measure;
@@ -56,6 +60,19 @@ struct Args {
     /// nginx and haproxy (`cargo xtask bench l7`).
     #[arg(long)]
     l7: bool,
+    /// Instead of the L4 suite, the controller at scale with simulated
+    /// agents (`cargo xtask bench controller`).
+    #[arg(long)]
+    controller: bool,
+    /// The controller suite's cluster sizes, in pods.
+    #[arg(long, value_delimiter = ',', default_value = "2000,10000")]
+    pods: Vec<usize>,
+    /// The controller suite's agent counts.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    agents: Vec<usize>,
+    /// One-pod changes between the controller's two memory readings.
+    #[arg(long, default_value_t = 1000)]
+    memory_changes: usize,
 }
 
 impl Args {
@@ -70,6 +87,14 @@ const HTTP_PORT: u16 = 8081;
 async fn main() -> anyhow::Result<()> {
     ambit_tests::require_root();
     let args = Args::parse();
+    if args.controller {
+        let runs = controller::run(&args.pods, &args.agents, args.memory_changes).await?;
+        let markdown = controller_report::markdown(&runs, &machine());
+        println!("\n{markdown}");
+        report::write_section(&args.output, "controller", &markdown)?;
+        println!("written to {}", args.output.display());
+        return Ok(());
+    }
     if args.l7 {
         let markdown = l7::run(args.runs, args.seconds).await?.markdown(&machine());
         println!("\n{markdown}");
