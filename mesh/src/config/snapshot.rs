@@ -153,23 +153,26 @@ impl ServiceTarget<'_> {
     }
 }
 
-/// Workloads by namespace and by UID, so resolving every service's
-/// endpoints costs each service its own namespace, not the whole mesh.
+/// Workloads by namespace and label, and by UID, so resolving every
+/// service's endpoints costs each service the workloads that carry its
+/// selector's first label, not the whole mesh.
 struct WorkloadIndex<'a> {
     config: &'a MeshConfig,
-    by_namespace: HashMap<&'a str, Vec<usize>>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
     by_uid: HashMap<&'a str, usize>,
 }
 
 impl<'a> WorkloadIndex<'a> {
     fn new(config: &'a MeshConfig) -> Self {
-        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
         let mut by_uid = HashMap::with_capacity(config.workloads.len());
         for (i, w) in config.workloads.iter().enumerate() {
-            by_namespace.entry(w.namespace.as_str()).or_default().push(i);
+            for (key, value) in &w.labels {
+                by_label.entry((w.namespace.as_str(), key.as_str(), value.as_str())).or_default().push(i);
+            }
             by_uid.insert(w.uid.as_str(), i);
         }
-        Self { config, by_namespace, by_uid }
+        Self { config, by_label, by_uid }
     }
 
     /// A service's endpoints: the workloads it names, then those its
@@ -177,11 +180,13 @@ impl<'a> WorkloadIndex<'a> {
     fn endpoints(&self, service: &Service) -> Vec<usize> {
         let named = service.endpoints.iter().filter_map(|uid| self.by_uid.get(uid.as_str()).copied());
         // An empty selector selects nothing, as in Kubernetes.
-        let selector = service.selector.as_ref().filter(|sel| !sel.is_empty());
-        let candidates = selector.and_then(|_| self.by_namespace.get(service.namespace.as_str()));
+        let selector = service.selector.as_ref().and_then(|sel| Some((sel, sel.iter().next()?)));
+        let candidates = selector.and_then(|(_, (key, value))| {
+            self.by_label.get(&(service.namespace.as_str(), key.as_str(), value.as_str()))
+        });
         let selected = candidates.into_iter().flatten().copied().filter(|&i| {
             let labels = &self.config.workloads[i].labels;
-            selector.is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            selector.is_some_and(|(sel, _)| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
         });
         let mut all: Vec<usize> = named.chain(selected).collect();
         all.sort_unstable();

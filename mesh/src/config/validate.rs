@@ -1,7 +1,10 @@
 //! Everything that can be wrong with a config, each error naming the
 //! offending object and value so the user can fix it without guessing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::hash::Hash;
 
 use super::{MeshConfig, Service, Workload};
 
@@ -27,37 +30,36 @@ pub enum ConfigError {
 }
 
 /// Checks what the types alone cannot: unique identifiers and addresses,
-/// non-empty names, valid ports and resolvable endpoint references.
+/// non-empty names, valid ports and resolvable endpoint references. Agents
+/// run this on every version, so it borrows what it compares and spells
+/// out names only for an error.
 pub(super) fn validate(config: &MeshConfig) -> Result<(), ConfigError> {
-    let mut uids = Seen::new("workload uid");
-    let mut names = Seen::new("workload name");
-    let mut addresses = Seen::new("IP");
+    let mut uids = Seen::new("workload uid", config.workloads.len());
+    let mut names = Seen::new("workload name", config.workloads.len());
+    let mut addresses = Seen::new("IP", config.workloads.len() + config.services.len());
     for w in &config.workloads {
         check_workload(w)?;
-        let who = format!("workload {}", w.qualified_name());
-        uids.insert(w.uid.clone(), &who)?;
-        names.insert(w.qualified_name(), &who)?;
+        uids.insert(w.uid.as_str(), Owner::Workload(w))?;
+        names.insert(QualifiedName(&w.namespace, &w.name), Owner::Workload(w))?;
         for ip in &w.ips {
-            addresses.insert(ip.to_string(), &who)?;
+            addresses.insert(*ip, Owner::Workload(w))?;
         }
     }
-    let known_uids: HashSet<&str> = config.workloads.iter().map(|w| w.uid.as_str()).collect();
-    let mut services = Seen::new("service");
+    let mut services = Seen::new("service", config.services.len());
     for s in &config.services {
         check_service(s)?;
-        let who = format!("service {}/{}", s.namespace, s.name);
-        services.insert(format!("{}/{}", s.namespace, s.name), &who)?;
+        services.insert(QualifiedName(&s.namespace, &s.name), Owner::Service(s))?;
         for vip in &s.vips {
-            addresses.insert(vip.to_string(), &who)?;
+            addresses.insert(*vip, Owner::Service(s))?;
         }
-        if let Some(uid) = s.endpoints.iter().find(|uid| !known_uids.contains(uid.as_str())) {
-            return Err(ConfigError::UnknownEndpoint { service: who, uid: uid.clone() });
+        if let Some(uid) = s.endpoints.iter().find(|uid| !uids.owners.contains_key(uid.as_str())) {
+            return Err(ConfigError::UnknownEndpoint { service: Owner::Service(s).to_string(), uid: uid.clone() });
         }
     }
-    let mut namespaces = Seen::new("namespace");
+    let mut namespaces = Seen::new("namespace", config.namespaces.len());
     for ns in &config.namespaces {
         require("namespace", "name", &ns.name)?;
-        namespaces.insert(ns.name.clone(), &format!("namespace {}", ns.name))?;
+        namespaces.insert(ns.name.as_str(), Owner::Namespace(&ns.name))?;
     }
     super::routing::validate(config).map_err(ConfigError::Routing)
 }
@@ -76,13 +78,12 @@ pub fn check_workload(w: &Workload) -> Result<(), ConfigError> {
 pub fn check_service(s: &Service) -> Result<(), ConfigError> {
     require("service", "name", &s.name)?;
     require("service", "namespace", &s.namespace)?;
-    let who = format!("service {}/{}", s.namespace, s.name);
-    let mut ports = Seen::new("service port");
+    let mut ports = Seen::new("service port", s.ports.len());
     for p in &s.ports {
         if p.port == 0 || p.target_port == Some(0) {
-            return Err(ConfigError::InvalidPort { service: who, port: 0 });
+            return Err(ConfigError::InvalidPort { service: Owner::Service(s).to_string(), port: 0 });
         }
-        ports.insert(p.port.to_string(), &who)?;
+        ports.insert(p.port, Owner::Service(s))?;
     }
     Ok(())
 }
@@ -94,27 +95,57 @@ fn require(kind: &'static str, field: &'static str, value: &str) -> Result<(), C
     Ok(())
 }
 
-/// Remembers who first used each value, to name both parties of a clash.
-struct Seen {
-    kind: &'static str,
-    owners: HashMap<String, String>,
+/// Who uses a value, named only when there is a clash to report.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    Workload(&'a Workload),
+    Service(&'a Service),
+    Namespace(&'a str),
 }
 
-impl Seen {
-    fn new(kind: &'static str) -> Self {
-        Self { kind, owners: HashMap::new() }
+impl fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Workload(w) => write!(f, "workload {}/{}", w.namespace, w.name),
+            Owner::Service(s) => write!(f, "service {}/{}", s.namespace, s.name),
+            Owner::Namespace(name) => write!(f, "namespace {name}"),
+        }
+    }
+}
+
+/// `namespace/name`, compared without building the string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct QualifiedName<'a>(&'a str, &'a str);
+
+impl fmt::Display for QualifiedName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+/// Remembers who first used each value, to name both parties of a clash.
+struct Seen<'a, K> {
+    kind: &'static str,
+    owners: HashMap<K, Owner<'a>>,
+}
+
+impl<'a, K: Eq + Hash + fmt::Display> Seen<'a, K> {
+    fn new(kind: &'static str, capacity: usize) -> Self {
+        Self { kind, owners: HashMap::with_capacity(capacity) }
     }
 
-    fn insert(&mut self, value: String, owner: &str) -> Result<(), ConfigError> {
-        if let Some(first) = self.owners.get(&value) {
-            return Err(ConfigError::Duplicate {
+    fn insert(&mut self, value: K, owner: Owner<'a>) -> Result<(), ConfigError> {
+        match self.owners.entry(value) {
+            Entry::Occupied(first) => Err(ConfigError::Duplicate {
                 kind: self.kind,
-                value,
-                first: first.clone(),
-                second: owner.to_owned(),
-            });
+                value: first.key().to_string(),
+                first: first.get().to_string(),
+                second: owner.to_string(),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(owner);
+                Ok(())
+            }
         }
-        self.owners.insert(value, owner.to_owned());
-        Ok(())
     }
 }
