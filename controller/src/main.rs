@@ -1,7 +1,7 @@
 //! ambit's control plane: reads Kubernetes objects (from a directory of
 //! YAML in local mode), translates them into the mesh config model, streams
 //! that to every agent, and is the mesh's CA.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod app;
 mod authority;
@@ -85,6 +85,19 @@ pub struct Settings {
     #[command(flatten)]
     pub log: mesh::logging::LogArgs,
 }
+
+/// jemalloc, as the agents: each change parses, translates and encodes
+/// objects and frees them again, and at 10,000 pods glibc's malloc let the
+/// resident set creep with every change (see BENCHMARKS.md, "Controller at
+/// scale"); jemalloc returns freed pages.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// As ztunnel's: a background thread purges dirty pages after 2 s, so an
+/// idle controller gives back what a burst of changes used.
+#[allow(unsafe_code, reason = "jemalloc reads this symbol (a weak default it defines) before main")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &u8 = &b"background_thread:true,max_background_threads:1,dirty_decay_ms:2000,muzzy_decay_ms:0\0"[0];
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();

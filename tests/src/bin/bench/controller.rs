@@ -30,6 +30,8 @@ const ONE_POD_CHANGES: usize = 50;
 const SELECTOR_CHANGES: usize = 10;
 const BULK_CHANGES: usize = 3;
 const BULK_PODS: usize = 1_000;
+/// Agents connecting at once.
+const AGENT_WAVE: usize = 100;
 
 /// One kind of change, measured over several repetitions.
 #[derive(Debug, Default)]
@@ -97,20 +99,30 @@ async fn run_scale(pods: usize, agent_counts: &[usize], memory_changes: usize) -
     for (index, &agents) in agent_counts.iter().enumerate() {
         let (tx, rx) = mpsc::channel(4096);
         let mut collector = Collector::new(rx);
-        collector.agents = agents;
         let mut tasks = JoinSet::new();
         let connecting = Instant::now();
-        controller_agents::start(&mut tasks, &clients, &cert, 0, agents, &tx);
-        let last = collector.wait_full(0, Duration::from_secs(300)).await?;
+        let mut last = connecting;
+        // In waves: the simulated agents share this machine's two cores
+        // with the controller, and a thousand parsing a full config at once
+        // starve their own connections' keep-alive pings.
+        while collector.agents < agents {
+            let (first, wave) = (collector.agents, AGENT_WAVE.min(agents - collector.agents));
+            collector.agents += wave;
+            controller_agents::start(&mut tasks, &clients, &cert, first, wave, &tx);
+            last = collector.wait_full(first, Duration::from_secs(300)).await?;
+        }
         let first_full_s = last.duration_since(connecting).as_secs_f64();
         println!("  {agents} agents hold the full config after {first_full_s:.2} s");
         if index == 0 {
             run.rss_idle_mib = rss_mib(pid).0;
             let mut rng = rand::rng();
-            for _ in 0..memory_changes {
+            for change in 1..=memory_changes {
                 marks += 1;
                 cluster.mark_pod(rng.random_range(0..pods), marks)?;
                 collector.wait_mark(marks, 1, CHANGE_DEADLINE).await?;
+                if change % 250 == 0 {
+                    println!("    RSS {:.0} MiB after {change} changes", rss_mib(pid).0);
+                }
             }
             run.rss_after_mib = rss_mib(pid).0;
             println!(

@@ -16,7 +16,7 @@ pub fn markdown(runs: &[ScaleRun], machine: &str) -> String {
     let _ = writeln!(out, "Controller in local-directory mode (release build), simulated agents on its real config");
     let _ = writeln!(out, "stream in one process beside it, {machine}. Latency: from writing the change to each");
     let _ = writeln!(out, "agent holding it, p50 / p99 / max over every agent and repetition; CPU: the controller's");
-    let _ = writeln!(out, "own, per change.\n");
+    let _ = writeln!(out, "own, per change. Agents connect in waves of 100 (they share the machine's cores).\n");
     let _ = writeln!(
         out,
         "| pods | agents | full config to all | one-pod change | Service selector change | 1,000-pod change | full / one-pod delta |"
